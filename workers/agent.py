@@ -1,0 +1,280 @@
+"""The worker agent: probe this PC, measure it, join Ray, report, serve /metrics.
+
+It runs in the foreground (it is what the systemd unit runs) and leaves the
+cluster cleanly on SIGTERM or Ctrl-C. It never imports Ray or torch itself:
+Ray runs as a child `ray start --block`, torch only in the benchmark child.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+from . import benchmark
+from .gpus import GpuReader, open_nvml
+from .headclient import HeadClient, HeadError, HeadUnreachable
+from .host import HostSample, cpu_model, disk_path, sample_host
+from .metrics import AgentCollector
+from .raynode import RayNode, node_ports_args, ray_env, start_lock
+from .records import GpuSample, HostInfo
+
+NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+JOIN_TIMEOUT_S = 10.0
+
+
+class JoinError(Exception):
+    """A join that cannot go on; `str()` is the one-line reason."""
+
+
+@dataclass
+class AgentConfig:
+    address: str  # the head's HOST:PORT (its HTTP API)
+    name: str
+    token: str | None = None
+    metrics_port: int = 9470
+    simulate_gpus: str | None = None
+    poll_interval: float = 5.0
+    heartbeat_interval: float = 5.0
+    num_cpus: int | None = None
+    node_ip: str | None = None
+    log_dir: Path = field(default_factory=lambda: Path.home() / ".salvage" / "agent")
+    ray_env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Poll:
+    host: HostSample
+    gpus: list[GpuSample]
+
+
+def sanitize_label(value: str) -> str:
+    """Ray label values allow [A-Za-z0-9_.-] only, 63 chars at most."""
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-_.")[:63].strip("-_.")
+    return cleaned or "unknown"
+
+
+def local_ip_towards(host: str) -> str:
+    """The address this PC uses to reach `host` (a UDP connect sends nothing)."""
+    if host.startswith("127."):
+        return host
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect((host, 9))
+        return s.getsockname()[0]
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, say=print):
+        if not NAME_RE.fullmatch(config.name):
+            raise JoinError(f"name: expected letters, digits, '-', '_' or '.' (at most 63), got {config.name!r}")
+        self.config = config
+        self.say = say
+        self.agent_id = uuid.uuid4().hex
+        self.state = "starting"
+        self.last_poll: Poll | None = None
+        self.speeds: dict[str, float] = {}
+        self.gpu_reader = GpuReader(open_nvml(config.simulate_gpus))
+        self.host_info: HostInfo | None = None
+        self.ray_node: RayNode | None = None
+        self.metrics_addr: str | None = None
+        self._stop = threading.Event()
+        self._metrics_server = None
+        self.registry = CollectorRegistry()
+        self.poll_seconds = Histogram(
+            "salvage_agent_poll_duration_seconds", "Time one hardware poll takes.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0), registry=self.registry)
+        host, _, port = config.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise JoinError(f"address: expected HOST:PORT of the head, got {config.address!r}")
+        self.head = HeadClient(host, int(port), config.token)
+        self.head_host = host
+
+    # --- the steps of a join ---
+    def contact_head(self) -> dict:
+        deadline = time.monotonic() + JOIN_TIMEOUT_S
+        while True:
+            try:
+                return self.head.get("/api/cluster")
+            except HeadError as err:
+                raise JoinError(f"{err}") from None
+            except HeadUnreachable:
+                if time.monotonic() > deadline:
+                    raise JoinError(
+                        f"address: no salvage head answers at {self.config.address} "
+                        f"(is `salvage cluster up` running there?)") from None
+                time.sleep(0.5)
+
+    def probe(self) -> HostInfo:
+        self.gpu_reader.start()
+        gpus = self.gpu_reader.probe()
+        disk = psutil.disk_usage(disk_path())
+        info = HostInfo(
+            name=self.config.name, cpu_model=cpu_model(),
+            cpu_cores=self.config.num_cpus or psutil.cpu_count() or 1,
+            ram_bytes=psutil.virtual_memory().total, disk_bytes=disk.total,
+            gpus=gpus, notes=list(self.gpu_reader.notes),
+            simulated=self.config.simulate_gpus is not None,
+        )
+        self.host_info = info
+        return info
+
+    def measure(self) -> None:
+        info = self.host_info
+        real_gpus = [] if info.simulated else [g.index for g in info.gpus]
+        try:
+            speeds = benchmark.run_in_child(real_gpus)
+        except Exception as err:  # a broken torch must not stop a PC from joining
+            info.notes.append(f"benchmark failed ({err}); speed unknown")
+            speeds = {"cpu": 0.0}
+        info.cpu_gflops = speeds["cpu"] * info.cpu_cores
+        for gpu in info.gpus:
+            if info.simulated:
+                # Simulated GPUs run their work on this CPU, so that is their speed
+                # unless the spec file says otherwise.
+                sim = self.gpu_reader.nvml._gpus[gpu.index]
+                gpu.speed_gflops = sim.gflops if sim.gflops is not None else speeds["cpu"]
+            else:
+                gpu.speed_gflops = speeds.get(f"gpu{gpu.index}")
+        self.speeds = {"cpu": info.cpu_gflops or 0.0}
+        self.speeds.update({f"gpu{g.index}": g.speed_gflops or 0.0 for g in info.gpus})
+
+    def check_name_free(self) -> None:
+        try:
+            self.head.post("/api/hosts/check", {"name": self.config.name, "agent_id": self.agent_id})
+        except HeadError as err:
+            raise JoinError(str(err)) from None
+
+    def start_ray(self, cluster: dict) -> None:
+        info = self.host_info
+        ip = self.config.node_ip or local_ip_towards(self.head_host)
+        labels = {
+            "salvage.io/host": info.name,
+            "salvage.io/cpu-only": "true" if info.cpu_only else "false",
+            "salvage.io/speed-gflops": str(int(info.speed_gflops)),
+        }
+        for gpu in info.gpus:
+            labels[f"salvage.io/gpu{gpu.index}-model"] = sanitize_label(gpu.name)
+            labels[f"salvage.io/gpu{gpu.index}-vram-mb"] = str(gpu.vram_bytes // 2**20)
+            labels[f"salvage.io/gpu{gpu.index}-cc"] = gpu.compute_capability
+        args = [
+            "--address", cluster["ray_address"], "--node-ip-address", ip,
+            "--num-cpus", str(info.cpu_cores), "--num-gpus", str(len(info.gpus)),
+            "--labels", ",".join(f"{k}={v}" for k, v in labels.items()),
+            *node_ports_args(ip),
+        ]
+        store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
+        if store:
+            args += ["--object-store-memory", store]
+        env = ray_env(self.config.token if cluster.get("auth") else None, self.config.ray_env)
+        self.ray_node = RayNode(args, env, self.config.log_dir / f"{info.name}-ray.log")
+        self.ray_node.start()
+        self.node_ip = ip
+
+    def register(self) -> None:
+        body = {"host": self.host_info.to_dict(), "agent_id": self.agent_id,
+                "metrics_addr": self.metrics_addr}
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.head.post("/api/hosts/register", body)
+                return
+            except HeadError as err:
+                # 425: the head has not seen our Ray node yet; it takes a few seconds.
+                if err.status != 425 or time.monotonic() > deadline:
+                    raise JoinError(str(err)) from None
+            if not self.ray_node.alive():
+                raise JoinError(f"ray: the Ray node exited while joining: {self.ray_node.log_tail(3)}")
+            time.sleep(0.5)
+
+    def serve_metrics(self) -> None:
+        self.registry.register(AgentCollector(self))
+        bind = self.node_ip
+        try:
+            server, _ = start_http_server(self.config.metrics_port, addr=bind, registry=self.registry)
+        except OSError as err:
+            raise JoinError(f"metrics-port: cannot listen on {bind}:{self.config.metrics_port} ({err.strerror})") from None
+        self._metrics_server = server
+        self.metrics_addr = f"{bind}:{server.server_port}"
+
+    # --- running ---
+    def poll(self) -> None:
+        start = time.perf_counter()
+        self.last_poll = Poll(host=sample_host(), gpus=self.gpu_reader.sample())
+        self.poll_seconds.observe(time.perf_counter() - start)
+
+    def heartbeat(self) -> None:
+        poll = self.last_poll
+        body = {"name": self.config.name, "agent_id": self.agent_id, "state": self.state,
+                "lost_gpus": [g.index for g in poll.gpus if g.lost] if poll else []}
+        try:
+            reply = self.head.post("/api/hosts/heartbeat", body)
+        except HeadError as err:
+            if err.status == 404:  # the head forgot us (e.g. its state was reset): register again
+                self.register()
+            return
+        except HeadUnreachable:
+            return  # the head may be restarting; keep working and try again next beat
+        if self.state in ("idle", "busy"):
+            self.state = "busy" if reply.get("running") else "idle"
+
+    def run(self) -> int:
+        cluster = self.contact_head()
+        self.say(f"head at {self.config.address} (Ray {cluster['ray_address']})")
+        info = self.probe()
+        for note in info.notes:
+            self.say(f"note: {note}")
+        for g in info.gpus:
+            self.say(f"GPU {g.index}: {g.name}, {g.vram_bytes / 2**30:.1f} GiB, compute {g.compute_capability}")
+        self.check_name_free()
+        self.measure()
+        self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s")
+        self.poll()
+        with start_lock():  # held until the head sees our node
+            self.start_ray(cluster)
+            try:
+                self.serve_metrics()
+                self.register()
+            except BaseException:
+                self.ray_node.stop()
+                raise
+        self.state = "idle"
+        self.say(f"joined as {info.name}; metrics on http://{self.metrics_addr}/metrics")
+        self._install_signal_handlers()
+        next_beat = 0.0
+        while not self._stop.is_set():
+            self.poll()
+            now = time.monotonic()
+            if now >= next_beat:
+                self.heartbeat()
+                next_beat = now + self.config.heartbeat_interval
+            if not self.ray_node.alive():
+                self.say("the Ray node stopped; leaving")
+                break
+            self._stop.wait(self.config.poll_interval)
+        self.leave()
+        return 0
+
+    def _install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._stop.set())
+
+    def leave(self) -> None:
+        self.state = "leaving"
+        if self.ray_node:
+            self.ray_node.stop()
+        try:
+            self.head.post("/api/hosts/leave", {"name": self.config.name, "agent_id": self.agent_id})
+        except (HeadError, HeadUnreachable):
+            pass  # the head will mark us lost instead
+        if self._metrics_server:
+            self._metrics_server.shutdown()
+        self.say(f"{self.config.name} left the cluster")
