@@ -33,6 +33,9 @@ class Coordinator:
         self.state = state
         self.config = config
         self.token = state.token() if config.auth else None
+        if self.token:
+            # Before Ray is imported: it reads its auth settings once.
+            os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
         self.db = Database(state.db_path)
         self.ray_lock = threading.Lock()
         self.ray_nodes: list[dict] = []
@@ -72,8 +75,6 @@ class Coordinator:
     def connect_ray(self, timeout: float = 90.0) -> None:
         import ray
 
-        if self.token:
-            os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
         deadline = time.monotonic() + timeout
         while True:
             if not self.head_node.alive():
