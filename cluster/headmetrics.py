@@ -39,10 +39,12 @@ class HeadCollector:
             gpus.add_metric([model], n)
         yield gpus
 
-        host_up = GaugeMetricFamily("salvage_host_up", "1 if the host is alive, 0 if lost or left.", labels=["host"])
+        host_up = GaugeMetricFamily("salvage_host_up", "1 if the host is alive, 0 if lost (hosts that left are absent).", labels=["host"])
         speed = GaugeMetricFamily("salvage_host_speed_flops", "The host's measured FLOP/s.", labels=["host"])
         ngpus = GaugeMetricFamily("salvage_host_gpus", "GPUs the host registered with.", labels=["host"])
         for r in rows:
+            if r.state == "left":
+                continue  # removed on purpose: not "down", so no series to alert on
             host_up.add_metric([r.name], 1.0 if r.state == "alive" else 0.0)
             speed.add_metric([r.name], r.info.speed_gflops * 1e9)
             ngpus.add_metric([r.name], len(r.info.gpus))
