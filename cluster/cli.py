@@ -216,5 +216,17 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
         raise click.ClickException(str(err)) from None
 
 
+@main.command()
+@click.option("--state-dir", type=click.Path(path_type=Path), default=Path.home() / ".salvage-demo",
+              show_default=True, help="State dir of the demo cluster (kept apart from a real one).")
+@click.option("--keep", is_flag=True, help="Leave the demo cluster running until Ctrl-C.")
+def demo(state_dir, keep):
+    """Run the whole system on this machine: a loopback cluster with two
+    simulated-GPU PCs, work on it, then a clean stop."""
+    from .demo import run_demo
+
+    run_demo(state_dir, keep)
+
+
 if __name__ == "__main__":
     main()

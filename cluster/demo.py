@@ -1,0 +1,94 @@
+"""`salvage demo`: the whole system on this one machine.
+
+A loopback cluster (head + two agents with simulated GPUs), then work on it,
+then a clean stop. Every step is the same command a user would type.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from workers.raynode import free_ports
+
+DEMO_PCS = {"pc-gtx1060": "GTX 1060:3GB:6.1", "pc-rtx3060": "RTX 3060:12GB:8.6"}
+
+
+class Demo:
+    def __init__(self, state_dir: Path):
+        self.state_dir = state_dir
+        self.agents: list[subprocess.Popen] = []
+        self.env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+        self.env.setdefault("SALVAGE_RAY_OBJECT_STORE_BYTES", str(200 * 2**20))
+
+    def salvage(self, *args: str, capture: bool = False) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "cluster.cli", *args]
+        click.secho(f"$ salvage {' '.join(args)}", fg="cyan")
+        proc = subprocess.run(cmd, env=self.env, text=True, capture_output=capture)
+        if proc.returncode != 0:
+            raise click.ClickException(f"`salvage {' '.join(args)}` failed"
+                                       + (f": {proc.stderr.strip()}" if capture else ""))
+        return proc
+
+    def status(self) -> dict:
+        out = subprocess.run([sys.executable, "-m", "cluster.cli", "cluster", "status", "--state-dir",
+                              str(self.state_dir), "--json"], env=self.env, text=True, capture_output=True)
+        return json.loads(out.stdout) if out.returncode == 0 else {"nodes": []}
+
+    def up(self) -> str:
+        ray_port, http_port = free_ports(2)
+        self.salvage("cluster", "up", "--state-dir", str(self.state_dir), "--port", str(ray_port),
+                     "--http-port", str(http_port))
+        return f"127.0.0.2:{http_port}"
+
+    def join_pcs(self, address: str) -> None:
+        logs = self.state_dir / "logs"
+        for name, spec in DEMO_PCS.items():
+            click.secho(f"$ salvage worker join {address} --name {name} --simulate-gpus '{spec}' &", fg="cyan")
+            with open(logs / f"agent-{name}.log", "ab") as log:
+                self.agents.append(subprocess.Popen(
+                    [sys.executable, "-m", "cluster.cli", "worker", "join", address, "--name", name,
+                     "--simulate-gpus", spec, "--metrics-port", "0", "--num-cpus", "1",
+                     "--log-dir", str(logs)],
+                    stdout=log, stderr=subprocess.STDOUT, env=self.env))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            alive = {n["name"] for n in self.status()["nodes"] if n["state"] == "alive"}
+            if alive >= set(DEMO_PCS):
+                return
+            if any(a.poll() is not None for a in self.agents):
+                raise click.ClickException(f"an agent exited while joining (logs in {logs})")
+            time.sleep(1)
+        raise click.ClickException(f"the demo PCs did not join within 120 s (logs in {logs})")
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            if agent.poll() is None:
+                agent.send_signal(signal.SIGTERM)
+        for agent in self.agents:
+            try:
+                agent.wait(30)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+        subprocess.run([sys.executable, "-m", "cluster.cli", "cluster", "down", "--state-dir",
+                        str(self.state_dir)], env=self.env)
+
+
+def run_demo(state_dir: Path, keep: bool) -> None:
+    demo = Demo(state_dir)
+    try:
+        address = demo.up()
+        demo.join_pcs(address)
+        demo.salvage("cluster", "status", "--state-dir", str(state_dir))
+        if keep:
+            click.echo(f"The cluster keeps running. Try `salvage cluster status --state-dir {state_dir}`; "
+                       f"stop it with Ctrl-C.")
+            signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        demo.stop()
