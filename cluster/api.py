@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import shutil
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Callable
 
@@ -37,6 +39,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _send_file(self, path) -> None:
+        size = path.stat().st_size
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        with open(path, "rb") as f:
+            shutil.copyfileobj(f, self.wfile)
+
     def _json(self, status: int, obj) -> None:
         self._send(status, json.dumps(obj).encode())
 
@@ -60,7 +71,8 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _dispatch(self, method: str) -> None:
-        path = self.path.split("?", 1)[0]
+        path, _, query_text = self.path.partition("?")
+        query = dict(urllib.parse.parse_qsl(query_text))
         try:
             if method == "GET" and path == "/metrics":
                 self._send(200, generate_latest(self.coordinator.registry), CONTENT_TYPE_LATEST)
@@ -73,6 +85,16 @@ class Handler(BaseHTTPRequestHandler):
                 return
             if not self._authorised():
                 raise ApiError(401, "token: this cluster needs its token (--token, printed by `salvage cluster up`)")
+            stream = self.coordinator.stream_routes.get((method, path))
+            if stream is not None:
+                # Large bodies and replies (checkpoints) go through files, not memory.
+                length = int(self.headers.get("Content-Length") or 0)
+                result = stream(query, self.rfile, length)
+                if isinstance(result, dict):
+                    self._json(200, result)
+                else:
+                    self._send_file(result)
+                return
             route: Callable | None = self.coordinator.routes.get((method, path))
             if route is None:
                 raise ApiError(404, f"path: no such endpoint {method} {path}")

@@ -216,6 +216,11 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
         raise click.ClickException(str(err)) from None
 
 
+from .traincli import train  # noqa: E402
+
+main.add_command(train)
+
+
 @main.command()
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path.home() / ".salvage-demo",
               show_default=True, help="State dir of the demo cluster (kept apart from a real one).")

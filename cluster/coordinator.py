@@ -21,6 +21,7 @@ from workers.records import HostInfo
 from .api import ApiError, serve
 from .db import Database
 from .headmetrics import HeadCollector
+from .trainjobs import TrainJobs
 from .state import HeadConfig, StateDir
 
 LOST_AFTER_S = 20.0  # an agent beats every 5 s; three missed beats and it is lost
@@ -55,6 +56,9 @@ class Coordinator:
             ("POST", "/api/hosts/heartbeat"): self.api_heartbeat,
             ("POST", "/api/hosts/leave"): self.api_leave,
         }
+        self.train = TrainJobs(self)
+        self.routes.update(self.train.routes())
+        self.stream_routes = self.train.stream_routes()
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
@@ -82,6 +86,9 @@ class Coordinator:
             try:
                 ray.init(address=self.config.ray_address, log_to_driver=False,
                          logging_level="ERROR", namespace="salvage")
+                from .trainrun import run_train_job
+
+                self.remote_train_job = ray.remote(run_train_job)
                 return
             except Exception as err:  # GCS not up yet
                 if time.monotonic() > deadline:
@@ -109,6 +116,10 @@ class Coordinator:
 
     def api_status(self, _body: dict) -> dict:
         nodes = []
+        running: dict[str, list[str]] = {}
+        for job in self.train.jobs():
+            if job["state"] == "running":
+                running.setdefault(job["host"], []).append(f"train job {job['id']}")
         for row in self.db.hosts():
             info = row.info
             ray_node = self.node_of(row.name) if row.state == "alive" else None
@@ -120,7 +131,7 @@ class Coordinator:
                           "compute_capability": g.compute_capability, "uuid": g.uuid,
                           "speed_gflops": g.speed_gflops, "lost": g.index in row.lost_gpus}
                          for g in info.gpus],
-                "running": [],
+                "running": running.get(row.name, []),
                 "ray_labels": {k: v for k, v in (ray_node or {}).get("Labels", {}).items()
                                if k.startswith("salvage.io/")},
                 "metrics": row.metrics_addr, "last_seen": row.last_seen,
@@ -158,7 +169,7 @@ class Coordinator:
         lost = [int(i) for i in body.get("lost_gpus", []) if isinstance(i, int)]
         if not self.db.heartbeat(name, _field(body, "agent_id", str), lost):
             raise ApiError(404, f"name: {name!r} is not registered here")
-        return {"running": 0}
+        return {"running": self.train.running_on().get(name, 0)}
 
     def api_leave(self, body: dict) -> dict:
         name = _field(body, "name", str)
@@ -181,6 +192,7 @@ class Coordinator:
                         and time.time() - row.joined_at > LOST_AFTER_S:
                     self.db.set_state(row.name, "lost")
                     self.log(f"host {row.name} lost (its Ray node is gone)")
+            self.train.step()
 
     def run(self) -> int:
         self.state.pid_file.write_text(str(os.getpid()))

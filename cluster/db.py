@@ -24,6 +24,32 @@ CREATE TABLE IF NOT EXISTS hosts (
     joined_at REAL NOT NULL,
     last_seen REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS train_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'stopped')),
+    preset TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    data TEXT,
+    host TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    summary_json TEXT,
+    progress_json TEXT,
+    progress_at REAL,
+    checkpoint TEXT
+);
+CREATE TABLE IF NOT EXISTS train_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES train_jobs(id),
+    t REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('progress', 'log')),
+    data_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS train_log_job ON train_log(job_id, seq);
 """
 
 

@@ -66,7 +66,11 @@ class LocalCluster:
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         proc = self.agents.pop(name)
         if proc.poll() is None:
-            os.kill(proc.pid, sig)
+            if sig == signal.SIGKILL:
+                # A power cut: the agent, its Ray node and the node's workers at once.
+                os.killpg(proc.pid, sig)
+            else:
+                os.kill(proc.pid, sig)
             try:
                 return proc.wait(30)
             except subprocess.TimeoutExpired:

@@ -1,0 +1,136 @@
+"""The body of a training job, run as a Ray task on the worker node the
+coordinator chose. The model and loop are plain PyTorch (`jobs.gpt.train`);
+this wrapper only talks to the head: progress out, stop requests in, and
+checkpoints both ways, so the job can resume on any other node.
+"""
+from __future__ import annotations
+
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from workers.headclient import HeadClient, HeadError, HeadUnreachable
+
+CHECKPOINT_NAME = "ckpt.pt"
+FLUSH_EVERY_S = 0.5
+
+
+class HeadLink:
+    """Progress and log lines go out from a background thread, so training
+    never waits on the network; replies carry the head's stop request."""
+
+    def __init__(self, client: HeadClient, job_id: int, attempt: int):
+        self.client = client
+        self.job_id = job_id
+        self.attempt = attempt
+        self.items: queue.Queue = queue.Queue()
+        self.stop_requested = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def progress(self, p: dict) -> None:
+        self.items.put(("progress", p))
+
+    def log(self, line: str) -> None:
+        self.items.put(("log", line))
+
+    def should_stop(self) -> bool:
+        return self.stop_requested
+
+    def _flush(self) -> None:
+        batch, checkpoint = [], None
+        while True:
+            try:
+                kind, data = self.items.get_nowait()
+            except queue.Empty:
+                break
+            if kind == "progress" and "checkpoint" in data:
+                checkpoint = data["checkpoint"]
+                data = {k: v for k, v in data.items() if k != "checkpoint"}
+            batch.append({"kind": kind, "data": data})
+        if checkpoint:
+            self.upload(Path(checkpoint))
+        try:
+            reply = self.client.post("/api/train/progress",
+                                     {"job": self.job_id, "attempt": self.attempt, "items": batch})
+            self.stop_requested = bool(reply.get("stop"))
+        except (HeadError, HeadUnreachable):
+            pass  # the head may be restarting; the next flush tries again
+
+    def upload(self, path: Path) -> None:
+        """Send the checkpoint to the head, which keeps the job's copy."""
+        if not path.exists():
+            return
+        url = f"{self.client.base}/api/train/checkpoint?job={self.job_id}&attempt={self.attempt}"
+        with open(path, "rb") as f:  # an open file survives the loop's atomic replace
+            req = urllib.request.Request(url, data=f, method="POST")
+            req.add_header("Content-Length", str(path.stat().st_size))
+            req.add_header("Content-Type", "application/octet-stream")
+            if self.client.token:
+                req.add_header("Authorization", f"Bearer {self.client.token}")
+            try:
+                urllib.request.urlopen(req, timeout=300).read()
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        while not self._done.wait(FLUSH_EVERY_S):
+            self._flush()
+
+    def close(self, final_checkpoint: Path | None) -> None:
+        self._done.set()
+        self._thread.join()
+        self._flush()
+        if final_checkpoint is not None:
+            self.upload(final_checkpoint)
+
+
+def fetch_checkpoint(client: HeadClient, job_id: int, dest: Path) -> bool:
+    url = f"{client.base}/api/train/checkpoint?job={job_id}"
+    req = urllib.request.Request(url)
+    if client.token:
+        req.add_header("Authorization", f"Bearer {client.token}")
+    try:
+        with urllib.request.urlopen(req, timeout=300) as resp, open(dest, "wb") as out:
+            shutil.copyfileobj(resp, out)
+        return True
+    except urllib.error.HTTPError as err:
+        if err.code == 404:
+            return False
+        raise
+
+
+def run_train_job(job_id: int, attempt: int, config: dict, data: str | None,
+                  head: str, token: str | None) -> dict:
+    """Train job `job_id` here, resuming from the head's checkpoint if any."""
+    from jobs.gpt.config import GPTConfig
+    from jobs.gpt.train import USER_ERRORS, train
+
+    host, _, port = head.rpartition(":")
+    client = HeadClient(host, int(port), token, timeout=30)
+    workdir = Path(tempfile.mkdtemp(prefix=f"salvage-train-{job_id}-"))
+    ckpt = workdir / CHECKPOINT_NAME
+    link = None
+    try:
+        resumed = fetch_checkpoint(client, job_id, ckpt)
+        link = HeadLink(client, job_id, attempt)
+        if resumed:
+            link.log(f"fetched the job's checkpoint from the head ({ckpt.stat().st_size / 2**20:.1f} MiB)")
+        try:
+            summary = train(GPTConfig.from_dict(config), data, workdir, on_progress=link.progress,
+                            should_stop=link.should_stop, on_log=link.log)
+        except USER_ERRORS as err:
+            link.log(f"error: {err}")
+            return {"error": str(err)}
+        summary.pop("checkpoint", None)
+        return summary
+    finally:
+        if link is not None:
+            link.close(ckpt if ckpt.exists() else None)
+        shutil.rmtree(workdir, ignore_errors=True)

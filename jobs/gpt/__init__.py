@@ -1,0 +1,1 @@
+"""GPT training workload: plain PyTorch, runnable with or without Ray."""
