@@ -187,7 +187,9 @@ def worker():
 @click.option("--poll-interval", type=float, default=5.0, show_default=True, help="Seconds between hardware polls.")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=None,
               help="Where the agent's Ray node logs go [default: ~/.salvage/agent].")
-def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir):
+@click.option("--corrupt-results", is_flag=True, hidden=True,
+              help="Tests only: this PC forges its science results (a lying host).")
+def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir, corrupt_results):
     """Probe this PC, join the cluster at ADDRESS (the head's HOST:PORT) and stay in it.
 
     Runs in the foreground; Ctrl-C or SIGTERM leaves the cluster cleanly.
@@ -209,6 +211,10 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
                          num_cpus=num_cpus, node_ip=node_ip)
     if log_dir:
         config.log_dir = log_dir
+    if corrupt_results:
+        from workers.agent import CORRUPT_RESULTS_ENV
+
+        config.ray_env[CORRUPT_RESULTS_ENV] = "1"
     try:
         agent = Agent(config, say=lambda m: click.echo(m))
         sys.exit(agent.run())
@@ -216,9 +222,11 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
         raise click.ClickException(str(err)) from None
 
 
+from .sciencecli import science  # noqa: E402
 from .traincli import train  # noqa: E402
 
 main.add_command(train)
+main.add_command(science)
 
 
 @main.command()

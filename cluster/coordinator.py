@@ -21,6 +21,7 @@ from workers.records import HostInfo
 from .api import ApiError, serve
 from .db import Database
 from .headmetrics import HeadCollector
+from .science import Science
 from .trainjobs import TrainJobs
 from .state import HeadConfig, StateDir
 
@@ -48,6 +49,7 @@ class Coordinator:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry)
         self.registry.register(HeadCollector(self))
         self.head_node: RayNode | None = None
+        self.science_thread: threading.Thread | None = None
         self.routes = {
             ("GET", "/api/cluster"): self.api_cluster,
             ("GET", "/api/status"): self.api_status,
@@ -59,6 +61,8 @@ class Coordinator:
         self.train = TrainJobs(self)
         self.routes.update(self.train.routes())
         self.stream_routes = self.train.stream_routes()
+        self.science = Science(self)
+        self.routes.update(self.science.routes())
 
     def log(self, message: str) -> None:
         print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
@@ -86,9 +90,11 @@ class Coordinator:
             try:
                 ray.init(address=self.config.ray_address, log_to_driver=False,
                          logging_level="ERROR", namespace="salvage")
+                from .sciencerun import run_science_tasks
                 from .trainrun import run_train_job
 
                 self.remote_train_job = ray.remote(run_train_job)
+                self.remote_science = ray.remote(run_science_tasks)
                 return
             except Exception as err:  # GCS not up yet
                 if time.monotonic() > deadline:
@@ -120,6 +126,8 @@ class Coordinator:
         for job in self.train.jobs():
             if job["state"] == "running":
                 running.setdefault(job["host"], []).append(f"train job {job['id']}")
+        for host, n in self.science.running_on().items():
+            running.setdefault(host, []).append(f"science ({n} task{'s' if n > 1 else ''})")
         for row in self.db.hosts():
             info = row.info
             ray_node = self.node_of(row.name) if row.state == "alive" else None
@@ -169,7 +177,7 @@ class Coordinator:
         lost = [int(i) for i in body.get("lost_gpus", []) if isinstance(i, int)]
         if not self.db.heartbeat(name, _field(body, "agent_id", str), lost):
             raise ApiError(404, f"name: {name!r} is not registered here")
-        return {"running": self.train.running_on().get(name, 0)}
+        return {"running": self.train.running_on().get(name, 0) + self.science.running_on().get(name, 0)}
 
     def api_leave(self, body: dict) -> dict:
         name = _field(body, "name", str)
@@ -187,11 +195,13 @@ class Coordinator:
             self.refresh_ray()
             for name in self.db.mark_silent_lost(time.time() - LOST_AFTER_S):
                 self.log(f"host {name} lost (no heartbeat for {LOST_AFTER_S:.0f} s)")
+                self.science.host_lost(name)
             for row in self.db.hosts():
                 if row.state == "alive" and self.node_of(row.name) is None \
                         and time.time() - row.joined_at > LOST_AFTER_S:
                     self.db.set_state(row.name, "lost")
                     self.log(f"host {row.name} lost (its Ray node is gone)")
+                    self.science.host_lost(row.name)
             self.train.step()
 
     def run(self) -> int:
@@ -205,6 +215,8 @@ class Coordinator:
                 self.connect_ray()
             server = serve(self, self.config.host, self.config.http_port)
             threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.science_thread = threading.Thread(target=self.science.run, daemon=True, name="science")
+            self.science_thread.start()
             self.log(f"coordinator ready: API on {self.config.api_address}, Ray on {self.config.ray_address}")
             while not self.stopping.is_set():
                 try:
@@ -222,6 +234,10 @@ class Coordinator:
             self.shutdown()
 
     def shutdown(self) -> None:
+        self.stopping.set()
+        if self.science_thread is not None:
+            self.science_thread.join(10)
+        self.science.store.close()
         try:
             import ray
 

@@ -1,6 +1,7 @@
 """The head's /metrics: fleet state from SQLite and Ray's resource view."""
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ if TYPE_CHECKING:
 
 HOST_STATES = ("alive", "lost", "left")
 RAY_RESOURCES = ("CPU", "GPU", "memory", "object_store_memory")
+JOB_STATES = ("queued", "running", "done", "failed", "stopped")
 
 
 class HeadCollector:
@@ -52,6 +54,8 @@ class HeadCollector:
         yield speed
         yield ngpus
 
+        yield from self._train(c)
+
         total, free = c.ray_resources
         rt = GaugeMetricFamily("salvage_ray_resource_total", "Ray resources in the cluster.", labels=["resource"])
         ru = GaugeMetricFamily("salvage_ray_resource_used", "Ray resources in use.", labels=["resource"])
@@ -61,3 +65,37 @@ class HeadCollector:
                 ru.add_metric([res], total[res] - free.get(res, 0.0))
         yield rt
         yield ru
+
+    def _train(self, c: "Coordinator"):
+        jobs = c.train.jobs()
+        by_state = Counter(j["state"] for j in jobs)
+        family = GaugeMetricFamily("salvage_jobs", "Jobs by kind and state.", labels=["kind", "state"])
+        for state in JOB_STATES:
+            family.add_metric(["train", state], by_state[state])
+        yield family
+        running = GaugeMetricFamily("salvage_host_running", "Tasks running on the host.", labels=["host", "kind"])
+        for host, n in c.train.running_on().items():
+            running.add_metric([host, "train"], n)
+        yield running
+        # Only running jobs: a finished job is not "making no progress".
+        it = GaugeMetricFamily("salvage_train_iteration", "Last reported iteration.", labels=["job_id"])
+        loss = GaugeMetricFamily("salvage_train_loss", "Last reported loss.", labels=["job_id", "split"])
+        rate = GaugeMetricFamily("salvage_train_tokens_per_second", "Training throughput per worker.",
+                                 labels=["job_id", "worker"])
+        seen = GaugeMetricFamily("salvage_train_last_progress_timestamp_seconds",
+                                 "When the job last reported progress (Unix time).", labels=["job_id"])
+        for j in jobs:
+            if j["state"] != "running" or not j["progress_json"]:
+                continue
+            p, job_id = json.loads(j["progress_json"]), str(j["id"])
+            it.add_metric([job_id], p.get("iter", 0))
+            for split in ("train", "val"):
+                if p.get(f"{split}_loss") is not None:
+                    loss.add_metric([job_id, split], p[f"{split}_loss"])
+            if p.get("tokens_per_s") is not None:
+                rate.add_metric([job_id, j["host"]], p["tokens_per_s"])
+            seen.add_metric([job_id], j["progress_at"])
+        yield it
+        yield loss
+        yield rate
+        yield seen

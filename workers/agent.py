@@ -30,6 +30,9 @@ from .records import GpuSample, HostInfo
 
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 JOIN_TIMEOUT_S = 10.0
+# Set on this PC's Ray node by `worker join --corrupt-results` (tests only):
+# science tasks there forge their results, like a lying volunteer host.
+CORRUPT_RESULTS_ENV = "SALVAGE_TEST_CORRUPT_RESULTS"
 
 
 class JoinError(Exception):
