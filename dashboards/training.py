@@ -1,4 +1,8 @@
-"""Training: loss, throughput and communication of the GPT training jobs."""
+"""Training: progress, loss and throughput of the GPT training jobs.
+
+Round time, wait time and bytes moved arrive with multi-worker training
+(each job runs on one PC until then); their panels come with those metrics.
+"""
 
 from typing import Any
 
@@ -13,7 +17,7 @@ JOB = '{job_id=~"$job_id"}'
 
 def build() -> dict[str, Any]:
     board = (
-        new_dashboard(UID, "salvage / Training", "Loss, tokens per second, round and wait time, bytes moved per training job.")
+        new_dashboard(UID, "salvage / Training", "Progress, loss and tokens per second per training job.")
         .with_variable(label_variable("job_id", "Training job", "salvage_train_iteration"))
         .with_row(dash.Row("Progress"))
         .with_panel(
@@ -56,40 +60,8 @@ def build() -> dict[str, Any]:
                 "none",
                 [query(f"salvage_train_tokens_per_second{JOB}", "{{job_id}} {{worker}}")],
                 description="Stacked, so the top is the job's total.",
+                span=24,
                 stacked=True,
-                min_value=0,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Round time",
-                "s",
-                [query(f"salvage_train_round_duration_seconds{JOB}", "{{job_id}}")],
-                description="Wall time of the last synchronisation round.",
-                min_value=0,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Time spent waiting per worker",
-                "percentunit",
-                [query(f"rate(salvage_train_wait_seconds_total{JOB}[$__rate_interval])", "{{job_id}} {{worker}}")],
-                description="Share of wall time each worker waits for the others; high means the work split does not match speeds.",
-                min_value=0,
-                max_value=1,
-            )
-        )
-        .with_panel(
-            timeseries_panel(
-                "Bytes moved",
-                "Bps",
-                [
-                    query(
-                        f"sum by (job_id, direction) (rate(salvage_train_bytes_total{JOB}[$__rate_interval]))",
-                        "{{job_id}} {{direction}}",
-                    )
-                ],
-                description="Parameters and gradients sent to workers (down) and back (up).",
                 min_value=0,
             )
         )

@@ -133,11 +133,10 @@ def test_each_dashboard_shows_what_it_is_for() -> None:
         "salvage_gpu_throttle",
     }
     assert metrics("training.json") >= {
+        "salvage_train_iteration",
         "salvage_train_loss",
         "salvage_train_tokens_per_second",
-        "salvage_train_round_duration_seconds",
-        "salvage_train_wait_seconds_total",
-        "salvage_train_bytes_total",
+        "salvage_train_last_progress_timestamp_seconds",
     }
     assert metrics("science.json") >= {
         "salvage_science_workunits",

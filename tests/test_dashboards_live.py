@@ -47,7 +47,6 @@ LABEL_VALUES: dict[str, list[str]] = {
     "job_id": ["shakespeare"],
     "split": ["train", "val"],
     "worker": ["pc1"],
-    "direction": ["up", "down"],
     "validate_state": ["valid", "invalid"],
 }
 
