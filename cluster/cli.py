@@ -131,7 +131,7 @@ def _print_join(state: StateDir, config: HeadConfig) -> None:
 
 @cluster.command()
 @state_dir_option
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds to wait before killing.")
+@click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to wait before killing.")
 def down(state_dir, timeout):
     """Stop what `cluster up` started (idempotent). Stored state is kept."""
     state = _state(state_dir)
@@ -146,6 +146,9 @@ def down(state_dir, timeout):
     if state.running_pid() is not None:
         os.kill(pid, signal.SIGKILL)  # its Ray head dies with it (parent-death signal)
         state.pid_file.unlink(missing_ok=True)
+    config = state.read_head()
+    while config and port_in_use(config.host, config.ray_port) and time.monotonic() < deadline + 45:
+        time.sleep(0.5)  # the Ray head may still be draining: `up` right after must find the port free
     click.echo(f"cluster from {state.path} stopped; its state is kept")
 
 
@@ -233,12 +236,15 @@ main.add_command(science)
 @click.option("--state-dir", type=click.Path(path_type=Path), default=Path.home() / ".salvage-demo",
               show_default=True, help="State dir of the demo cluster (kept apart from a real one).")
 @click.option("--keep", is_flag=True, help="Leave the demo cluster running until Ctrl-C.")
-def demo(state_dir, keep):
+@click.option("--iters", type=int, default=300, show_default=True, help="Training iterations of the demo job.")
+@click.option("--seeds", type=int, default=16, show_default=True, help="Protein-folding work units.")
+def demo(state_dir, keep, iters, seeds):
     """Run the whole system on this machine: a loopback cluster with two
-    simulated-GPU PCs, work on it, then a clean stop."""
+    simulated-GPU PCs, a small GPT training job and a batch of science work
+    units on it, then a clean stop."""
     from .demo import run_demo
 
-    run_demo(state_dir, keep)
+    run_demo(state_dir, keep, iters, seeds)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ class Coordinator:
     def __init__(self, state: StateDir, config: HeadConfig):
         self.state = state
         self.config = config
+        self.epoch = time.time()  # tells agents this head (and its Ray cluster) is a new one
         self.token = state.token() if config.auth else None
         if self.token:
             # Before Ray is imported: it reads its auth settings once.
@@ -118,7 +119,7 @@ class Coordinator:
 
     # --- API ---
     def api_cluster(self, _body: dict) -> dict:
-        return {"ray_address": self.config.ray_address, "auth": self.config.auth}
+        return {"ray_address": self.config.ray_address, "auth": self.config.auth, "epoch": self.epoch}
 
     def api_status(self, _body: dict) -> dict:
         nodes = []
@@ -177,7 +178,8 @@ class Coordinator:
         lost = [int(i) for i in body.get("lost_gpus", []) if isinstance(i, int)]
         if not self.db.heartbeat(name, _field(body, "agent_id", str), lost):
             raise ApiError(404, f"name: {name!r} is not registered here")
-        return {"running": self.train.running_on().get(name, 0) + self.science.running_on().get(name, 0)}
+        return {"running": self.train.running_on().get(name, 0) + self.science.running_on().get(name, 0),
+                "epoch": self.epoch}
 
     def api_leave(self, body: dict) -> dict:
         name = _field(body, "name", str)
@@ -238,17 +240,27 @@ class Coordinator:
         if self.science_thread is not None:
             self.science_thread.join(10)
         self.science.store.close()
-        try:
-            import ray
-
-            ray.shutdown()
-        except Exception:
-            pass
-        if self.head_node:
-            self.head_node.stop()
         self.db.close()
+        # Disconnect the driver first (Ray ends a driver whose head dies under it),
+        # but never wait long on it: the head's death ends any task it waits for.
+        disconnect = threading.Thread(target=_ray_shutdown, daemon=True)
+        disconnect.start()
+        disconnect.join(10)
+        if self.head_node:
+            self.log("stopping the Ray head")
+            # No drain: what ran is durable in SQLite and is reissued after `up`.
+            self.head_node.stop(timeout=5)
         self.state.pid_file.unlink(missing_ok=True)
         self.log("coordinator stopped")
+
+
+def _ray_shutdown() -> None:
+    try:
+        import ray
+
+        ray.shutdown()
+    except Exception:
+        pass
 
 
 def _field(body: dict, name: str, kind: type):

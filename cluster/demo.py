@@ -1,7 +1,7 @@
 """`salvage demo`: the whole system on this one machine.
 
-A loopback cluster (head + two agents with simulated GPUs), then work on it,
-then a clean stop. Every step is the same command a user would type.
+A loopback cluster (head + two agents with simulated GPUs), then a small
+training job and a batch of protein folds on it, then a clean stop. Every step is the same command a user would type.
 """
 from __future__ import annotations
 
@@ -80,12 +80,42 @@ class Demo:
                         str(self.state_dir)], env=self.env)
 
 
-def run_demo(state_dir: Path, keep: bool) -> None:
+    def last_line(self, *args: str) -> str:
+        return self.salvage(*args, capture=True).stdout.strip().splitlines()[-1]
+
+    def work(self, iters: int, seeds: int) -> None:
+        sd = ["--state-dir", str(self.state_dir)]
+        job = self.last_line("train", "submit", *sd, "--preset", "shakespeare-char-cpu",
+                             "--set", f"max_iters={iters}", "--set", f"lr_decay_iters={iters}",
+                             "--set", "eval_interval=100")
+        batch = self.last_line("science", "submit", "hp-fold", *sd, "--sequence", "HPHPPHHPHPPHPHHPPHPH",
+                               "--seeds", str(seeds), "--quorum", "1")
+        self.salvage("cluster", "status", *sd)
+        self.salvage("train", "logs", *sd, job, "-f")
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            out = subprocess.run([sys.executable, "-m", "cluster.cli", "science", "status", batch, "--json", *sd],
+                                 env=self.env, text=True, capture_output=True)
+            if out.returncode == 0 and json.loads(out.stdout)["done"]:
+                break
+            time.sleep(2)
+        self.salvage("science", "status", *sd, batch)
+        results = [json.loads(line) for line in self.salvage("science", "results", *sd, batch,
+                                                             capture=True).stdout.splitlines()]
+        best = min(results, key=lambda r: r["result"]["energy"]) if results else None
+        if best:
+            click.echo(f"best fold of {len(results)} seeds: energy {best['result']['energy']} "
+                       f"(best known for this sequence: -9)")
+        self.salvage("train", "sample", *sd, job, "--tokens", "200")
+
+
+def run_demo(state_dir: Path, keep: bool, iters: int = 300, seeds: int = 16) -> None:
     demo = Demo(state_dir)
     try:
         address = demo.up()
         demo.join_pcs(address)
         demo.salvage("cluster", "status", "--state-dir", str(state_dir))
+        demo.work(iters, seeds)
         if keep:
             click.echo(f"The cluster keeps running. Try `salvage cluster status --state-dir {state_dir}`; "
                        f"stop it with Ctrl-C.")

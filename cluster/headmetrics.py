@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -55,6 +55,7 @@ class HeadCollector:
         yield ngpus
 
         yield from self._train(c)
+        yield from self._science(c)
 
         total, free = c.ray_resources
         rt = GaugeMetricFamily("salvage_ray_resource_total", "Ray resources in the cluster.", labels=["resource"])
@@ -72,10 +73,15 @@ class HeadCollector:
         family = GaugeMetricFamily("salvage_jobs", "Jobs by kind and state.", labels=["kind", "state"])
         for state in JOB_STATES:
             family.add_metric(["train", state], by_state[state])
+        batches = c.science.store.batches()
+        family.add_metric(["science", "running"], sum(not b["done"] for b in batches))
+        family.add_metric(["science", "done"], sum(b["done"] for b in batches))
         yield family
         running = GaugeMetricFamily("salvage_host_running", "Tasks running on the host.", labels=["host", "kind"])
         for host, n in c.train.running_on().items():
             running.add_metric([host, "train"], n)
+        for host, n in c.science.running_on().items():
+            running.add_metric([host, "science"], n)
         yield running
         # Only running jobs: a finished job is not "making no progress".
         it = GaugeMetricFamily("salvage_train_iteration", "Last reported iteration.", labels=["job_id"])
@@ -99,3 +105,35 @@ class HeadCollector:
         yield loss
         yield rate
         yield seen
+
+    def _science(self, c: "Coordinator"):
+        store = c.science.store
+        batches = store.batches()
+        units = Counter()
+        for b in batches:
+            units["done"] += b["done_wus"]
+            units["error"] += b["error_wus"]
+            if not b["done"]:
+                wus = store.batch_status(b["batch"])["wus"]
+                units["in_progress"] += wus["in_progress"]
+                units["unsent"] += wus["unsent"]
+        family = GaugeMetricFamily("salvage_science_workunits", "Work units by state.", labels=["state"])
+        for state in ("unsent", "in_progress", "done", "error"):
+            family.add_metric([state], units[state])
+        yield family
+        per_host = Counter()
+        for h in store.host_stats():
+            per_host[(h["host"], "valid")] += h["valid"]
+            per_host[(h["host"], "invalid")] += h["invalid"]
+        results = CounterMetricFamily("salvage_science_results", "Validated results by host and outcome.",
+                                      labels=["host", "validate_state"])
+        for (host, state), n in sorted(per_host.items()):
+            results.add_metric([host, state], n)
+        yield results
+        credit = CounterMetricFamily("salvage_science_credit", "Credit granted, in cobblestones.", labels=["host"])
+        for host, value in sorted(store.credit_by_host().items()):
+            credit.add_metric([host], value)
+        yield credit
+        reported = CounterMetricFamily("salvage_science_results_reported", "Results received from workers.")
+        reported.add_metric([], c.science.reported)
+        yield reported

@@ -39,7 +39,8 @@ class Science:
     def routes(self) -> dict:
         return {("POST", "/api/science/submit"): self.api_submit,
                 ("POST", "/api/science/status"): self.api_status,
-                ("POST", "/api/science/export"): self.api_export}
+                ("POST", "/api/science/export"): self.api_export,
+                ("POST", "/api/science/check"): self.api_check}
 
     # --- API ---
     def api_submit(self, body: dict) -> dict:
@@ -58,11 +59,14 @@ class Science:
         batch = body.get("batch")
         if batch is None:
             return {"batches": self.store.batches(), "credit_by_host": self.store.credit_by_host(),
-                    "credit_by_app": self.store.credit_by_app()}
+                    "credit_by_app": self.store.credit_by_app(), "hosts": self.store.host_stats()}
         try:
             return self.store.batch_status(int(batch))
         except (KeyError, ValueError, TypeError):
             raise ApiError(404, f"batch: no science batch {batch!r}") from None
+
+    def api_check(self, _body: dict) -> dict:
+        return {"violations": self.store.check_consistency()}
 
     def api_export(self, body: dict) -> dict:
         try:

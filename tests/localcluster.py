@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from workers.raynode import free_ports
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,7 +70,13 @@ class LocalCluster:
         if proc.poll() is None:
             if sig == signal.SIGKILL:
                 # A power cut: the agent, its Ray node and the node's workers at once.
+                tree = psutil.Process(proc.pid).children(recursive=True)
                 os.killpg(proc.pid, sig)
+                for child in tree:
+                    try:
+                        child.kill()
+                    except psutil.NoSuchProcess:
+                        pass
             else:
                 os.kill(proc.pid, sig)
             try:

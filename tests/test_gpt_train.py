@@ -53,7 +53,12 @@ def run(cfg, corpus, workdir, **kw):
 
 
 def test_progress_and_summary(corpus, tmp_path):
-    result, progress = run(tiny(max_iters=10), corpus, tmp_path / "run")
+    lines = []
+    result = train(tiny(max_iters=10), corpus, tmp_path / "run", device="cpu", on_progress=(progress := []).append,
+                   on_log=lines.append, cache_dir=tmp_path / "cache")
+    # On a CPU the thread count is what decides the speed: the log and summary say it.
+    assert any(line.startswith("device: cpu (cpu, 1 thread)") for line in lines), lines
+    assert result["threads"] == 1
     assert [p["iter"] for p in progress] == [5, 10]
     assert {"iter", "max_iters", "train_loss", "tokens_per_s", "eta_s", "lr"} <= progress[0].keys()
     assert "val_loss" not in progress[0] and "val_loss" in progress[1]

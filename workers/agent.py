@@ -90,6 +90,8 @@ class Agent:
         self.ray_node: RayNode | None = None
         self.metrics_addr: str | None = None
         self._stop = threading.Event()
+        self.epoch: float | None = None  # which start of the head we joined
+        self.rejoin_needed = False
         self._metrics_server = None
         self.registry = CollectorRegistry()
         self.poll_seconds = Histogram(
@@ -226,7 +228,9 @@ class Agent:
             return
         except HeadUnreachable:
             return  # the head may be restarting; keep working and try again next beat
-        if self.state in ("idle", "busy"):
+        if reply.get("epoch") != self.epoch:
+            self.rejoin_needed = True
+        elif self.state in ("idle", "busy"):
             self.state = "busy" if reply.get("running") else "idle"
 
     def run(self) -> int:
@@ -241,15 +245,7 @@ class Agent:
         self.measure()
         self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s")
         self.poll()
-        with start_lock():  # held until the head sees our node
-            self.start_ray(cluster)
-            try:
-                self.serve_metrics()
-                self.register()
-            except BaseException:
-                self.ray_node.stop()
-                raise
-        self.state = "idle"
+        self.join_ray(cluster, first=True)
         self.say(f"joined as {info.name}; metrics on http://{self.metrics_addr}/metrics")
         self._install_signal_handlers()
         next_beat = 0.0
@@ -259,12 +255,41 @@ class Agent:
             if now >= next_beat:
                 self.heartbeat()
                 next_beat = now + self.config.heartbeat_interval
-            if not self.ray_node.alive():
-                self.say("the Ray node stopped; leaving")
-                break
+            if self.rejoin_needed or not self.ray_node.alive():
+                self.rejoin()
             self._stop.wait(self.config.poll_interval)
         self.leave()
         return 0
+
+    def join_ray(self, cluster: dict, first: bool = False) -> None:
+        with start_lock():  # held until the head sees our node
+            self.start_ray(cluster)
+            try:
+                if first:
+                    self.serve_metrics()
+                self.register()
+            except BaseException:
+                self.ray_node.stop()
+                raise
+        self.epoch = cluster.get("epoch")
+        self.rejoin_needed = False
+        self.state = "idle"
+
+    def rejoin(self) -> None:
+        """The head restarted (a new Ray cluster) or our Ray node died: start a
+        fresh node and register again, waiting for the head as long as it takes."""
+        self.state = "starting"
+        self.ray_node.stop(timeout=10)
+        self.say("rejoining: the head restarted or the Ray node stopped")
+        while not self._stop.is_set():
+            try:
+                cluster = self.head.get("/api/cluster")
+                self.join_ray(cluster)
+                self.say(f"rejoined as {self.config.name}")
+                return
+            except (HeadError, HeadUnreachable, JoinError) as err:
+                self.say(f"rejoin failed ({err}); retrying")
+                self._stop.wait(2.0)
 
     def _install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -273,7 +298,7 @@ class Agent:
     def leave(self) -> None:
         self.state = "leaving"
         if self.ray_node:
-            self.ray_node.stop()
+            self.ray_node.stop(timeout=10)
         try:
             self.head.post("/api/hosts/leave", {"name": self.config.name, "agent_id": self.agent_id})
         except (HeadError, HeadUnreachable):

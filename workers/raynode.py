@@ -62,8 +62,14 @@ def free_ports(count: int, host: str = "127.0.0.2") -> list[int]:
 
 
 def port_in_use(host: str, port: int) -> bool:
+    # Connect as well as bind: gRPC servers (Ray's GCS) listen with SO_REUSEPORT
+    # on all addresses, so a bind alone can succeed on a port that is taken.
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(1.0)
+        if s.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT leftovers do not count
         try:
             s.bind((host, port))
         except OSError:
@@ -103,10 +109,12 @@ class RayNode:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            # A process group of its own: if the graceful stop hangs, the whole
+            # node (GCS, raylet, workers) is killed together and frees its ports.
             self.proc = subprocess.Popen(
                 [ray_executable(), "start", "--block", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, preexec_fn=_die_with_parent,
+                env=self.env, preexec_fn=_die_with_parent, start_new_session=True,
             )
 
     def alive(self) -> bool:
@@ -118,12 +126,13 @@ class RayNode:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 20.0) -> None:
+    def stop(self, timeout: float = 40.0) -> None:
+        """SIGTERM lets Ray drain (up to 30 s); past `timeout` the group is killed."""
         if not self.alive():
             return
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait()
