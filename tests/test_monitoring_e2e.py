@@ -146,11 +146,13 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         job = int(out.strip().splitlines()[-1])
         for name in ("cool", "hot"):
             cluster.wait_state(name, "alive", timeout=60)
-        # A little science on the PC that is not training (one copy each: the
-        # other PC is busy, and replicas need distinct hosts).
-        salvage("science", "submit", "noop", "--state-dir", str(state), "--grid",
-                "x=" + ",".join(map(str, range(50))), "--quorum", "1", "--replicas", "1")
-        _wait(lambda: prom.query("salvage_science_credit_total"), "science credit in Prometheus", 60)
+        # Science on the PC that is not training, still running while the panels
+        # are read (one copy each: the other PC is busy, and replicas need
+        # distinct hosts).
+        salvage("science", "submit", "hp-fold", "--state-dir", str(state), "--sequence", "HPHPPHHPHPPHPHHPPHPH",
+                "--seeds", "2000", "--params", '{"sweeps": 200, "replicas": 2}', "--quorum", "1")
+        _wait(lambda: prom.query("count_over_time(salvage_science_credit_total[1m]) >= 3"),
+              "three scrapes of science credit in Prometheus", 60)
         # A validation loss means the job has run and reported for a while.
         _wait(lambda: prom.query(f'salvage_train_loss{{job_id="{job}", split="val"}}'),
               f"job {job}'s validation loss in Prometheus (log: {workdir / 'prometheus.log'})", 60)
