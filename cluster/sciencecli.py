@@ -54,7 +54,7 @@ def apps():
         n = app.needs
         needs = "GPU" if n.gpu else ("CPU or GPU" if n.gpu_capable else "CPU")
         if n.min_vram_bytes:
-            needs += f", ≥{n.min_vram_bytes / 2**30:.0f} GiB"
+            needs += f", ≥{n.min_vram_bytes / 2**20:.0f} MiB VRAM"
         if n.min_compute_capability:
             needs += f", cc ≥{n.min_compute_capability}"
         params = "\n".join(f"{k}: {v}" for k, v in app.params_schema().items())
