@@ -129,7 +129,7 @@ def logs(state_dir, job, follow):
     last = reply["entries"][-1]["seq"] if reply["entries"] else 0
     if not follow or reply["state"] in ("done", "failed", "stopped"):
         if reply["state"] in ("queued",):
-            click.echo(f"state: queued (waiting for a PC whose device fits the model)")
+            click.echo("state: queued (waiting for a PC whose device fits the model)")
         return
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -170,7 +170,6 @@ def stop(state_dir, job):
 @click.option("--seed", type=int, default=None)
 def sample(state_dir, job, prompt, tokens, temperature, top_k, seed):
     """Generate text from a job's latest checkpoint (while it runs, or after)."""
-    from jobs.gpt.sample import SampleError
     from jobs.gpt.sample import sample as generate
 
     _call(state_dir, "/api/train/logs", {"job": job, "since": 2**62})  # the job exists

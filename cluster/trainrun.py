@@ -9,7 +9,6 @@ import queue
 import shutil
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path

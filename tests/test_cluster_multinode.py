@@ -111,8 +111,6 @@ def test_head_metrics_count_hosts_and_gpus(pool):
 
 
 def test_a_second_agent_with_the_same_name_is_refused(pool):
-    proc = pool.join("mixed-dup", "")  # placeholder name, replaced below
-    pool.stop_agent("mixed-dup", signal.SIGKILL)
     start = time.monotonic()
     out = salvage("worker", "join", pool.address, "--name", "office", "--simulate-gpus", "",
                   "--metrics-port", "0", check=False, timeout=60)

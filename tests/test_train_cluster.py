@@ -3,7 +3,6 @@ the fastest fitting device, logs, stop, sample, and resume on another node
 when the first one dies."""
 import json
 import signal
-import time
 
 import pytest
 

@@ -6,7 +6,6 @@ Ray runs as a child `ray start --block`, torch only in the benchmark child.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
