@@ -55,11 +55,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from jobs.gpt.config import GPTConfig, load_config  # noqa: E402
-from jobs.gpt.data import BatchSampler, Dataset, prepare_data  # noqa: E402
-from jobs.gpt.model import GPT  # noqa: E402
-from jobs.gpt.schedule import lr_at  # noqa: E402
-from localcluster import SALVAGE, LocalCluster, salvage, test_env  # noqa: E402
+from localcluster import SALVAGE, LocalCluster, salvage, test_env
+
+from jobs.gpt.config import ConfigError, GPTConfig, load_config
+from jobs.gpt.data import BatchSampler, Dataset, prepare_data
+from jobs.gpt.model import GPT
+from jobs.gpt.schedule import lr_at
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 AGENT = "bench"
@@ -152,11 +153,17 @@ def main() -> int:
     if not args.data.exists():
         print(f"data: {args.data} not found (expected the shared Tiny Shakespeare copy)", file=sys.stderr)
         return 2
-    sets: list[str] = []
+    overrides = {}
     if args.max_iters:
-        sets = ["--set", f"max_iters={args.max_iters}", "--set", f"lr_decay_iters={args.max_iters}"]
-    cfg = load_config(args.preset, overrides={"max_iters": args.max_iters, "lr_decay_iters": args.max_iters}
-                      if args.max_iters else None)
+        # The schedule is squeezed into the shorter run; a run shorter than the warmup never decays.
+        decay = max(args.max_iters, load_config(args.preset).train.warmup_iters)
+        overrides = {"max_iters": args.max_iters, "lr_decay_iters": decay}
+    try:
+        cfg = load_config(args.preset, overrides=overrides)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
+    sets = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
     t = cfg.train
     bare_windows = args.bare_windows or max(5, t.max_iters // t.log_interval // 10)
     torch.set_num_threads(JOB_THREADS)

@@ -253,13 +253,16 @@ def train(
     del state
 
     n_params = model.num_params()
+    # On a CPU the thread count decides the speed, and a Ray task gets only its num_cpus.
+    threads = torch.get_num_threads()
+    threads_note = f", {threads} thread{'s' if threads != 1 else ''}" if dev.type == "cpu" else ""
     micro, accum = choose_micro_batch(model_cfg, t_cfg, precision, free_bytes, n_params)
     say(
         f"model: {n_params / 1e6:.2f}M parameters ({model_cfg.n_layer} layers, {model_cfg.n_head} heads, "
         f"n_embd {model_cfg.n_embd}, block {model_cfg.block_size}, vocab {vocab_size})"
     )
     say(
-        f"device: {device_name} ({dev}), {precision.dtype}"
+        f"device: {device_name} ({dev}{threads_note}), {precision.dtype}"
         f"{' + grad scaler' if precision.grad_scaler else ''}, compile {'on' if precision.compile else 'off'}, "
         f"micro-batch {micro} x {accum} accumulation = batch {t_cfg.batch_size}"
     )
@@ -303,6 +306,7 @@ def train(
             "precision": precision.dtype,
             "device": str(dev),
             "device_name": device_name,
+            "threads": threads,
             "micro_batch_size": micro,
             "grad_accum_steps": accum,
             "checkpoint": str(ckpt_path),
