@@ -95,7 +95,9 @@ def up(state_dir, host, port, http_port, foreground):
     if foreground:
         from .coordinator import Coordinator
 
-        sys.exit(Coordinator(state, config).run())
+        code = Coordinator(state, config).run()
+        sys.stdout.flush()
+        os._exit(code)  # as the daemon does: Ray's exit hooks could wait on the dead head
     started = time.monotonic()
     log_path = state.logs / "coordinator.log"
     with open(log_path, "ab") as log:

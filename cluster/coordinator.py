@@ -9,13 +9,14 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from workers.raynode import RayNode, node_ports_args, ray_env, start_lock
+from workers.raynode import RayNode, node_ports_args, port_in_use, ray_env, start_lock
 from workers.records import HostInfo
 
 from .api import ApiError, serve
@@ -78,8 +79,21 @@ class Coordinator:
         store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
         if store:
             args += ["--object-store-memory", store]
+        self._forget_last_head()
         self.head_node = RayNode(args, ray_env(self.token), self.state.logs / "ray-head.log")
         self.head_node.start()
+
+    def _forget_last_head(self) -> None:
+        """`ray start --head` refuses a port when the last head it started there
+        is named by a live process with `--gcs-address`: on one machine, the
+        agents' raylets still waiting for the old head. Ray only keeps that
+        "last head" in a hint file (for address="auto", unused here)."""
+        hint = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        try:
+            if hint.read_text().strip() == self.config.ray_address:
+                hint.unlink()
+        except OSError:
+            pass
 
     def connect_ray(self, timeout: float = 90.0) -> None:
         import ray
@@ -87,7 +101,12 @@ class Coordinator:
         deadline = time.monotonic() + timeout
         while True:
             if not self.head_node.alive():
-                raise RuntimeError(f"the Ray head exited: {self.head_node.log_tail(5)}")
+                raise RuntimeError(f"the Ray head exited: {self.head_node.log_tail(1)}")
+            if not port_in_use(self.config.host, self.config.ray_port):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the Ray head did not open its port")
+                time.sleep(0.3)  # GCS not listening yet: ray.init would block far longer
+                continue
             try:
                 ray.init(address=self.config.ray_address, log_to_driver=False,
                          logging_level="ERROR", namespace="salvage")
@@ -241,26 +260,13 @@ class Coordinator:
             self.science_thread.join(10)
         self.science.store.close()
         self.db.close()
-        # Disconnect the driver first (Ray ends a driver whose head dies under it),
-        # but never wait long on it: the head's death ends any task it waits for.
-        disconnect = threading.Thread(target=_ray_shutdown, daemon=True)
-        disconnect.start()
-        disconnect.join(10)
         if self.head_node:
+            # No drain: what ran is durable in SQLite and is reissued after `up`,
+            # and a head killed whole frees its ports at once for the next `up`.
             self.log("stopping the Ray head")
-            # No drain: what ran is durable in SQLite and is reissued after `up`.
-            self.head_node.stop(timeout=5)
+            self.head_node.kill()
         self.state.pid_file.unlink(missing_ok=True)
         self.log("coordinator stopped")
-
-
-def _ray_shutdown() -> None:
-    try:
-        import ray
-
-        ray.shutdown()
-    except Exception:
-        pass
 
 
 def _field(body: dict, name: str, kind: type):
@@ -283,4 +289,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    # Skip Ray's exit hooks: with the head gone they can wait on it for minutes.
+    os._exit(code)

@@ -12,12 +12,15 @@ import ctypes
 import fcntl
 import os
 import tempfile
+import time
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import psutil
 
 _PR_SET_PDEATHSIG = 1
 
@@ -41,6 +44,17 @@ def start_lock():
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _group_alive(group: int) -> bool:
+    """Any live (non-zombie) process left in this process group?"""
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getpgid(proc.pid) == group and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
 
 
 def ray_executable() -> str:
@@ -125,6 +139,21 @@ class RayNode:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """Stop the node at once: every process of it, no drain. Returns when
+        they are all gone, so a new node can take their ports and names."""
+        if self.proc is None:
+            return
+        group = self.proc.pid
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        self.proc.wait()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(group):
+            time.sleep(0.1)
 
     def stop(self, timeout: float = 40.0) -> None:
         """SIGTERM lets Ray drain (up to 30 s); past `timeout` the group is killed."""
