@@ -63,8 +63,11 @@ def cluster():
 @click.option("--port", type=int, default=DEFAULT_RAY_PORT, show_default=True, help="Ray head (GCS) port.")
 @click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
               help="Port of the head's API, /metrics and Prometheus service discovery.")
+@click.option("--prometheus", "with_prometheus", is_flag=True,
+              help="Also run a local Prometheus with deploy/prometheus's config and alerts.")
+@click.option("--prometheus-port", type=int, default=9090, show_default=True, help="Where that Prometheus listens.")
 @click.option("--foreground", is_flag=True, help="Run the coordinator in this process (for systemd).")
-def up(state_dir, host, port, http_port, foreground):
+def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreground):
     """Start the Ray head and the coordinator, and print the join line for PCs."""
     state = _state(state_dir)
     try:
@@ -81,14 +84,24 @@ def up(state_dir, host, port, http_port, foreground):
         socket.inet_aton(bind)
     except OSError:
         raise click.ClickException(f"host: expected an IPv4 address of this machine, got {bind!r}") from None
-    for flag, p in (("port", port), ("http-port", http_port)):
+    checked = [("port", port), ("http-port", http_port)]
+    if with_prometheus:
+        from .prometheus import DEPLOY, PrometheusError, command
+
+        try:
+            command(DEPLOY / "prometheus.yml", state.path, "")  # the binary is there
+        except PrometheusError as err:
+            raise click.ClickException(str(err)) from None
+        checked.append(("prometheus-port", prometheus_port))
+    for flag, p in checked:
         if not 0 < p < 65536:
             raise click.ClickException(f"{flag}: expected 1-65535, got {p}")
         if port_in_use(bind, p):
             raise click.ClickException(f"{flag}: {bind}:{p} is already in use (pick another with --{flag})")
     dashboard_port, client_port = free_ports(2, bind)
     config = HeadConfig(host=bind, ray_port=port, http_port=http_port, dashboard_port=dashboard_port,
-                        client_port=client_port, auth=host is not None)
+                        client_port=client_port, auth=host is not None,
+                        prometheus_port=prometheus_port if with_prometheus else None)
     if config.auth:
         state.token()  # generated once, kept for every later `up`
     state.write_head(config)
@@ -120,6 +133,9 @@ def up(state_dir, host, port, http_port, foreground):
     click.echo(f"cluster up in {time.monotonic() - started:.1f} s: head API {config.api_address}, "
                f"Ray {config.ray_address}, dashboard http://{config.host}:{config.dashboard_port}")
     click.echo(f"state: {state.path}")
+    if config.prometheus_port:
+        click.echo(f"Prometheus on http://{config.host}:{config.prometheus_port} "
+                   f"(config and alerts from deploy/prometheus, data in {state.path / 'prometheus'})")
     _print_join(state, config)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -16,12 +17,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from workers.raynode import RayNode, node_ports_args, port_in_use, ray_env, start_lock
+from workers.raynode import RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
 from workers.records import HostInfo
 
 from .api import ApiError, serve
 from .db import Database
 from .headmetrics import HeadCollector
+from .prometheus import command, write_config
 from .science import Science
 from .trainjobs import TrainJobs
 from .state import HeadConfig, StateDir
@@ -51,6 +53,7 @@ class Coordinator:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry)
         self.registry.register(HeadCollector(self))
         self.head_node: RayNode | None = None
+        self.prometheus: subprocess.Popen | None = None
         self.science_thread: threading.Thread | None = None
         self.routes = {
             ("GET", "/api/cluster"): self.api_cluster,
@@ -82,6 +85,15 @@ class Coordinator:
         self._forget_last_head()
         self.head_node = RayNode(args, ray_env(self.token), self.state.logs / "ray-head.log")
         self.head_node.start()
+
+    def start_prometheus(self) -> None:
+        out = self.state.path / "prometheus"
+        config = write_config(out, self.config.api_address)
+        listen = f"{self.config.host}:{self.config.prometheus_port}"
+        with open(self.state.logs / "prometheus.log", "ab") as log:
+            self.prometheus = subprocess.Popen(command(config, out / "data", listen), stdout=log,
+                                               stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.log(f"Prometheus on http://{listen} (config {config})")
 
     def _forget_last_head(self) -> None:
         """`ray start --head` refuses a port when the last head it started there
@@ -238,6 +250,8 @@ class Coordinator:
             threading.Thread(target=server.serve_forever, daemon=True).start()
             self.science_thread = threading.Thread(target=self.science.run, daemon=True, name="science")
             self.science_thread.start()
+            if self.config.prometheus_port:
+                self.start_prometheus()
             self.log(f"coordinator ready: API on {self.config.api_address}, Ray on {self.config.ray_address}")
             while not self.stopping.is_set():
                 try:
@@ -260,6 +274,9 @@ class Coordinator:
             self.science_thread.join(10)
         self.science.store.close()
         self.db.close()
+        if self.prometheus is not None:
+            self.prometheus.terminate()
+            self.prometheus.wait(15)
         if self.head_node:
             # No drain: what ran is durable in SQLite and is reissued after `up`,
             # and a head killed whole frees its ports at once for the next `up`.

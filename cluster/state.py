@@ -34,6 +34,7 @@ class HeadConfig:
     dashboard_port: int
     client_port: int
     auth: bool
+    prometheus_port: int | None = None  # set by `up --prometheus`
 
     @property
     def api_address(self) -> str:

@@ -94,3 +94,38 @@ def test_lan_cluster_needs_the_token(tmp_path):
         assert f"--token {token}" in cluster.up("--host", "127.0.0.2").stdout
     finally:
         cluster.down()
+
+
+def test_up_with_prometheus_scrapes_the_head(tmp_path):
+    """`cluster up --prometheus`: a real Prometheus with the deploy config,
+    scraping this head, stopped again by `down`."""
+    import json
+    import shutil
+    import urllib.request
+
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus not installed (apt-get install prometheus)")
+    cluster = LocalCluster(tmp_path / "prom")
+    (prom_port,) = free_ports(1)
+    out = cluster.up("--prometheus", "--prometheus-port", str(prom_port)).stdout
+    try:
+        assert f"Prometheus on http://127.0.0.2:{prom_port}" in out
+
+        def head_target_up():
+            url = f"http://127.0.0.2:{prom_port}/api/v1/targets"
+            targets = json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]["activeTargets"]
+            return any(t["labels"]["job"] == "salvage-head" and t["health"] == "up" and
+                       t["scrapeUrl"].startswith(f"http://{cluster.address}") for t in targets)
+
+        cluster.wait_for(lambda: _quiet(head_target_up), 60, "Prometheus to scrape the head")
+    finally:
+        cluster.down()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.2", prom_port)) != 0  # `down` stopped it too
+
+
+def _quiet(check):
+    try:
+        return check()
+    except OSError:
+        return False

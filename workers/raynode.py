@@ -25,7 +25,8 @@ import psutil
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """preexec_fn for children that must not outlive us (Linux)."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except OSError:
@@ -128,7 +129,7 @@ class RayNode:
             self.proc = subprocess.Popen(
                 [ray_executable(), "start", "--block", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=self.env, preexec_fn=_die_with_parent, start_new_session=True,
+                env=self.env, preexec_fn=die_with_parent, start_new_session=True,
             )
 
     def alive(self) -> bool:
