@@ -20,6 +20,7 @@ TASK_SECONDS = 2.0  # aim each Ray task at this long, as a BOINC client sizes it
 MAX_UNITS = 2000
 IN_FLIGHT_PER_HOST = 2  # one running, one waiting on the node: no idle gap between them
 SWEEP_EVERY_S = 5.0
+POOL_REFRESH_S = 0.5
 
 
 class Science:
@@ -30,6 +31,8 @@ class Science:
         self.units: dict[str, int] = {}  # host -> units per task, adapted to its speed
         self.lock = threading.Lock()
         self.reported = 0
+        self._pool_cache: tuple[list, dict[str, int]] = ([], {})
+        self._pool_at = 0.0
         # Whatever was out when the head stopped will never be reported: hand it back, no penalty.
         for host in self.c.db.hosts():
             ids = self.store.in_progress(host.name)
@@ -92,15 +95,27 @@ class Science:
                         gpus=[GpuCaps(g.vram_bytes, float(g.compute_capability)) for g in info.gpus],
                         speed_gflops=info.speed_gflops)
 
+    def _pool(self) -> tuple[list, dict[str, int]]:
+        """Alive hosts in the order they get work, and who is training.
+
+        Re-read twice a second, not at every dispatch: the dispatch loop turns
+        many times a second and the head's other threads share the database.
+        """
+        now = time.monotonic()
+        if now - self._pool_at > POOL_REFRESH_S:
+            hosts = [r for r in self.c.db.hosts() if r.state == "alive"]
+            # Fast and reliable hosts ask first, so they get the scarce work.
+            hosts.sort(key=lambda r: -r.info.speed_gflops * self.store.host_reliability(r.name))
+            self._pool_cache = (hosts, self.c.train.running_on())
+            self._pool_at = now
+        return self._pool_cache
+
     def dispatch(self) -> bool:
         """Hand work to every host with room; True if anything was sent."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         sent = False
-        training = self.c.train.running_on()
-        hosts = [r for r in self.c.db.hosts() if r.state == "alive"]
-        # Fast and reliable hosts ask first, so they get the scarce work.
-        hosts.sort(key=lambda r: -r.info.speed_gflops * self.store.host_reliability(r.name))
+        hosts, training = self._pool()
         out = {}
         for host, *_ in self.inflight.values():
             out[host] = out.get(host, 0) + 1
