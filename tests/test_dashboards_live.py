@@ -14,14 +14,13 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from promclient import Prometheus
 
 from dashboards.contract import AGENT_TARGET_LABELS, METRICS, TARGET_LABELS, Metric
 from dashboards.queries import panel_queries, substitute, template_variables
@@ -116,23 +115,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-class Prometheus:
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"http://{self.address}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            payload = json.load(response)
-        assert payload["status"] == "success", payload
-        return payload["data"]
-
-    def query(self, expr: str) -> list[Any]:
-        data = self.get("/api/v1/query", query=expr)
-        # A scalar (`time() - ...` folded) is one value, never "no data".
-        return data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
 
 
 def _wait(condition: Any, what: str, timeout: float = 30.0) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from promclient import Prometheus
 
 from dashboards.contract import series_labels
 from dashboards.queries import panel_queries, selectors, substitute, template_variables
@@ -43,26 +44,6 @@ pytestmark = [
     pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (apt-get install prometheus)"),
     pytest.mark.skipif(not CORPUS.exists(), reason=f"training corpus not found at {CORPUS}"),
 ]
-
-
-class Prometheus:
-    def __init__(self, address: str) -> None:
-        self.address = address
-
-    def get(self, path: str, **params: str) -> Any:
-        url = f"http://{self.address}{path}?{urllib.parse.urlencode(params)}"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            payload = json.load(response)
-        assert payload["status"] == "success", payload
-        return payload["data"]
-
-    def query(self, expr: str) -> list[Any]:
-        data = self.get("/api/v1/query", query=expr)
-        # A scalar (`time() - ...` folded) is one value, never "no data".
-        return data["result"] if data["resultType"] in ("vector", "matrix") else [data["result"]]
-
-    def alerts(self) -> list[dict[str, Any]]:
-        return self.get("/api/v1/alerts")["alerts"]
 
 
 @dataclass
