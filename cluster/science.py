@@ -8,7 +8,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from jobs.science.records import GpuCaps, HostCaps
+from jobs.science.records import GpuCaps, HostCaps, Report
 from jobs.science.store import ScienceStore
 
 from .api import ApiError
@@ -133,7 +133,8 @@ class Science:
             ref = self.c.remote_science.options(
                 num_cpus=1, max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-            ).remote(tasks, "cuda" if real_gpu else "cpu")
+            ).remote([(t.result_id, t.wu_id, t.app, t.version, t.params_json) for t in tasks],
+                     "cuda" if real_gpu else "cpu")
             self.inflight[ref] = (row.name, node["NodeID"], [t.result_id for t in tasks],
                                   time.monotonic(), len(tasks))
             sent = True
@@ -149,7 +150,7 @@ class Science:
         for ref in ready:
             host, _node, ids, t0, n = self.inflight.pop(ref)
             try:
-                reports = ray.get(ref)
+                reports = [Report(*row) for row in ray.get(ref)]
             except ray.exceptions.RayError as err:
                 # The node or worker died: its copies are no-replies, reissued elsewhere.
                 self.c.log(f"science task on {host} failed ({type(err).__name__}); its work is reissued")

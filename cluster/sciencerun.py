@@ -7,7 +7,12 @@ import os
 from workers.agent import CORRUPT_RESULTS_ENV
 
 
-def run_science_tasks(tasks: list, device: str) -> list:
+def run_science_tasks(rows: list[tuple], device: str) -> list[tuple]:
+    """Tasks and reports cross Ray as plain tuples: thousands of them per call,
+    and a tuple (de)serialises several times faster than a dataclass."""
+    from jobs.science.records import Task
     from jobs.science.runner import run_tasks
 
-    return run_tasks(tasks, device=device, corrupt=os.environ.get(CORRUPT_RESULTS_ENV) == "1")
+    reports = run_tasks([Task(*row) for row in rows], device=device,
+                        corrupt=os.environ.get(CORRUPT_RESULTS_ENV) == "1")
+    return [(r.result_id, r.outcome, r.payload) for r in reports]
