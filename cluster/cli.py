@@ -208,9 +208,13 @@ def worker():
 @click.option("--poll-interval", type=float, default=5.0, show_default=True, help="Seconds between hardware polls.")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=None,
               help="Where the agent's Ray node logs go [default: ~/.salvage/agent].")
+@click.option("--duty-cycle", type=float, default=1.0, show_default=True, metavar="F",
+              help="Let work run at most this fraction of wall time (0.5: half the time), "
+                   "so the PC stays cool and quiet for its owner.")
 @click.option("--corrupt-results", is_flag=True, hidden=True,
               help="Tests only: this PC forges its science results (a lying host).")
-def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir, corrupt_results):
+def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir, duty_cycle,
+         corrupt_results):
     """Probe this PC, join the cluster at ADDRESS (the head's HOST:PORT) and stay in it.
 
     Runs in the foreground; Ctrl-C or SIGTERM leaves the cluster cleanly.
@@ -225,11 +229,13 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
             raise click.ClickException(str(err)) from None
     if num_cpus is not None and num_cpus < 1:
         raise click.ClickException(f"num-cpus: expected at least 1, got {num_cpus}")
+    if not 0 < duty_cycle <= 1:
+        raise click.ClickException(f"duty-cycle: expected a fraction in (0, 1], got {duty_cycle}")
     if ":" not in address:
         address = f"{address}:{DEFAULT_HTTP_PORT}"
     config = AgentConfig(address=address, name=name or socket.gethostname().split(".")[0], token=token,
                          metrics_port=metrics_port, simulate_gpus=simulate, poll_interval=poll_interval,
-                         num_cpus=num_cpus, node_ip=node_ip)
+                         num_cpus=num_cpus, node_ip=node_ip, duty_cycle=duty_cycle)
     if log_dir:
         config.log_dir = log_dir
     if corrupt_results:

@@ -22,7 +22,7 @@ from workers.records import HostInfo
 
 from .api import ApiError, serve
 from .db import Database
-from .headmetrics import HeadCollector
+from .headmetrics import HeadCollector, PoolMetrics
 from .prometheus import command, write_config
 from .science import Science
 from .trainjobs import TrainJobs
@@ -52,6 +52,7 @@ class Coordinator:
             "salvage_coordinator_loop_duration_seconds", "Time one coordinator loop pass takes.",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry)
         self.registry.register(HeadCollector(self))
+        self.pool_metrics = PoolMetrics(self.registry)
         self.head_node: RayNode | None = None
         self.prometheus: subprocess.Popen | None = None
         self.science_thread: threading.Thread | None = None

@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS train_jobs (
     summary_json TEXT,
     progress_json TEXT,
     progress_at REAL,
-    checkpoint TEXT
+    checkpoint TEXT,
+    pool_json TEXT  -- NULL: a single-worker job; else its PoolOptions
 );
 CREATE TABLE IF NOT EXISTS train_log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -78,6 +79,9 @@ class Database:
         self.lock = threading.RLock()
         with self.lock:
             self.conn.executescript(SCHEMA)
+            columns = {row[1] for row in self.conn.execute("PRAGMA table_info(train_jobs)")}
+            if "pool_json" not in columns:  # state dirs from before multi-worker jobs
+                self.conn.execute("ALTER TABLE train_jobs ADD COLUMN pool_json TEXT")
 
     def close(self) -> None:
         with self.lock:

@@ -5,6 +5,8 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
@@ -98,7 +100,10 @@ class HeadCollector:
             for split in ("train", "val"):
                 if p.get(f"{split}_loss") is not None:
                     loss.add_metric([job_id, split], p[f"{split}_loss"])
-            if p.get("tokens_per_s") is not None:
+            if p.get("workers"):  # a pool job: one series per worker
+                for w in p["workers"]:
+                    rate.add_metric([job_id, w["worker"]], w["tokens_per_s"])
+            elif p.get("tokens_per_s") is not None:
                 rate.add_metric([job_id, j["host"]], p["tokens_per_s"])
             seen.add_metric([job_id], j["progress_at"])
         yield it
@@ -137,3 +142,23 @@ class HeadCollector:
         reported = CounterMetricFamily("salvage_science_results_reported", "Results received from workers.")
         reported.add_metric([], c.science.reported)
         yield reported
+
+
+class PoolMetrics:
+    """What the rounds of multi-worker jobs cost, updated by their round loops."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.round_seconds = Gauge("salvage_train_round_duration_seconds", "Wall time of the job's last round.",
+                                   ["job_id"], registry=registry)
+        self.wait = PromCounter("salvage_train_wait_seconds", "Time a worker waited for the others at round ends.",
+                                ["job_id", "worker"], registry=registry)
+        self.bytes = PromCounter("salvage_train_bytes", "Bytes of parameters and deltas moved for the job.",
+                                 ["job_id", "direction"], registry=registry)
+
+    def round(self, job_id: int, seconds: float) -> None:
+        self.round_seconds.labels(str(job_id)).set(seconds)
+
+    def worker_round(self, job_id: int, worker: str, wait_s: float, up: int, down: int) -> None:
+        self.wait.labels(str(job_id), worker).inc(wait_s)
+        self.bytes.labels(str(job_id), "up").inc(up)
+        self.bytes.labels(str(job_id), "down").inc(down)

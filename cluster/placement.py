@@ -33,12 +33,13 @@ def training_slots(host: HostInfo, busy: int, need_bytes: int, allow_cpu: bool =
 
     One training job per GPU; a CPU-only PC takes one job on its CPU.
     """
+    duty = host.duty_cycle  # a PC allowed half the time is half as fast for a job
     if host.gpus:
         fitting = sorted((g for g in host.gpus if g.vram_bytes >= need_bytes),
                          key=lambda g: -(g.speed_gflops or 0.0))
-        return [Slot(host.name, g.index, g.speed_gflops or 0.0) for g in fitting[busy:]]
+        return [Slot(host.name, g.index, (g.speed_gflops or 0.0) * duty) for g in fitting[busy:]]
     if allow_cpu and busy == 0:
-        return [Slot(host.name, None, host.cpu_gflops or 0.0)]
+        return [Slot(host.name, None, (host.cpu_gflops or 0.0) * duty)]
     return []
 
 

@@ -41,6 +41,38 @@ def parse_set(pairs: tuple[str, ...]) -> dict:
     return out
 
 
+def pool_options(workers: str, sync_steps: str, codec: str, pool_sets: tuple[str, ...]) -> dict | None:
+    """The pool part of a submission, or None for a single-worker job."""
+    from .trainpool import PoolOptionError, PoolOptions
+
+    if workers == "all":
+        count = 0
+    else:
+        try:
+            count = int(workers)
+        except ValueError:
+            raise click.ClickException(f"workers: expected a count or 'all', got {workers!r}") from None
+        if count < 1:
+            raise click.ClickException(f"workers: expected at least 1, got {count}")
+    if sync_steps == "auto":
+        steps = 0
+    else:
+        try:
+            steps = int(sync_steps)
+        except ValueError:
+            steps = -1
+        if steps < 1:
+            raise click.ClickException(f"sync-steps: expected a positive number of steps or 'auto', got {sync_steps!r}")
+    if count == 1 and not pool_sets and steps == 0 and codec == "fp16":
+        return None
+    options = {"workers": count, "sync_steps": steps, "codec": codec, **parse_set(pool_sets)}
+    try:
+        PoolOptions.from_dict(options)
+    except PoolOptionError as err:
+        raise click.ClickException(str(err)) from None
+    return options
+
+
 @click.group()
 def train():
     """Train small GPT models on the cluster."""
@@ -57,8 +89,25 @@ def train():
               help="A TOML file overriding any field of the preset.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Override one field, e.g. --set max_iters=500 (repeatable).")
-def submit(state_dir, preset, data, config_file, sets):
-    """Submit a training job; its id is the last line printed."""
+@click.option("--workers", default="1", show_default=True, metavar="N|all",
+              help="Train across N devices at once (or all that fit), in rounds of local steps "
+                   "with a compressed average between them (DiLoCo).")
+@click.option("--sync-steps", default="auto", show_default=True, metavar="N|auto",
+              help="Pool jobs: local steps of the fastest worker per round; auto keeps communication "
+                   "under 10%% of each round on the measured links.")
+@click.option("--codec", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp16", show_default=True,
+              help="Pool jobs: how deltas and parameter changes travel (int8/int4: per-block scales, "
+                   "rounding carried into the next round).")
+@click.option("--pool-set", "pool_sets", multiple=True, metavar="KEY=VALUE",
+              help="Pool jobs: set outer_lr, outer_momentum, sync_growth, max_sync_steps, token_factor, "
+                   "checkpoint_rounds, allow_cpu, keep_history or hosts (repeatable).")
+def submit(state_dir, preset, data, config_file, sets, workers, sync_steps, codec, pool_sets):
+    """Submit a training job; its id is the last line printed.
+
+    \b
+    One device:   salvage train submit --preset shakespeare-char-cpu
+    Whole pool:   salvage train submit --workers all --sync-steps auto
+    """
     from jobs.gpt.config import ConfigError, load_config
     from jobs.gpt.data import DataError, load_corpus, min_corpus_tokens
     from jobs.gpt.tokenizer import build_tokenizer
@@ -74,7 +123,11 @@ def submit(state_dir, preset, data, config_file, sets):
                                 f"needs at least {min_corpus_tokens(cfg.model.block_size)}")
     except (ConfigError, DataError, ValueError) as err:
         raise click.ClickException(str(err).splitlines()[0]) from None
-    reply = _call(state_dir, "/api/train/submit", {"preset": preset, "config": cfg.to_dict(), "data": data})
+    body = {"preset": preset, "config": cfg.to_dict(), "data": data}
+    pool = pool_options(workers, sync_steps, codec, pool_sets)
+    if pool is not None:
+        body["pool"] = pool
+    reply = _call(state_dir, "/api/train/submit", body)
     click.echo(f"submitted training job (preset {preset}); follow it with `salvage train logs {reply['job']} -f`")
     click.echo(reply["job"])
 
@@ -97,7 +150,8 @@ def list_jobs(state_dir, as_json):
     for j in jobs:
         fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
         table.add_row(str(j["id"]), j["state"] + (f" ({j['error']})" if j["error"] else ""), j["preset"],
-                      j["host"] or "-", f"{j['iter'] or 0}/{j['max_iters']}", fmt(j["train_loss"], ".4f"),
+                      (f"pool of {j['workers'] or 0}" if j.get("pool") else j["host"]) or "-",
+                      f"{j['iter'] or 0}/{j['max_iters']}", fmt(j["train_loss"], ".4f"),
                       fmt(j["val_loss"], ".4f"), fmt(j["tokens_per_s"], ".0f"))
     Console().print(table)
 
@@ -107,6 +161,8 @@ def _line(entry: dict) -> str:
     d = entry["data"]
     if entry["kind"] == "log":
         return f"{stamp} {d}"
+    if "round" in d:
+        return _round_lines(stamp, d)
     parts = [f"iter {d.get('iter')}/{d.get('max_iters')}", f"loss {d.get('train_loss', float('nan')):.4f}"]
     if d.get("val_loss") is not None and "val_loss" in d:
         parts.append(f"val {d['val_loss']:.4f}")
@@ -115,6 +171,20 @@ def _line(entry: dict) -> str:
     if d.get("eta_s") is not None:
         parts.append(f"ETA {d['eta_s']:.0f} s")
     return f"{stamp} " + ", ".join(parts)
+
+
+def _round_lines(stamp: str, d: dict) -> str:
+    """A pool round: the pool's figures, then one line per worker."""
+    if "train_loss" not in d:  # an evaluation
+        return f"{stamp} round {d['round']} (iter {d.get('iter')}/{d.get('max_iters')}): val {d['val_loss']:.4f}"
+    head = (f"{stamp} round {d['round']}: iter {d.get('iter')}/{d.get('max_iters')}, loss {d['train_loss']:.4f}, "
+            f"{d.get('tokens_per_s') or 0:.0f} tok/s, round {d.get('round_s', 0):.1f} s, "
+            f"moved {(d.get('bytes_up', 0) + d.get('bytes_down', 0)) / 2**20:.1f} MiB")
+    if d.get("eta_s") is not None:
+        head += f", ETA {d['eta_s']:.0f} s"
+    rows = [f"    {w['worker']:<24} {w['steps']:>5} steps {w['tokens_per_s']:>7} tok/s  waited {w['wait_s']:.2f} s"
+            for w in d.get("workers", [])]
+    return "\n".join([head, *rows])
 
 
 @train.command()

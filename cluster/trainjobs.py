@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from .api import ApiError
 from .placement import fastest, gpt_bytes_needed, training_slots
+from .trainpool import PoolOptionError, PoolOptions, PoolRun
 
 if TYPE_CHECKING:
     from .coordinator import Coordinator
@@ -26,6 +27,7 @@ class TrainJobs:
         self.refs: dict[int, object] = {}  # job id -> Ray ObjectRef of its running task
         self.node_of_job: dict[int, str] = {}  # job id -> the Ray node it runs on
         self.dead_nodes: set[str] = set()  # Ray nodes that died under a job: never placed on again
+        self.pools: dict[int, PoolRun] = {}  # multi-worker jobs, each driven by its own thread
         self.root = coordinator.state.path / "jobs"
         self.root.mkdir(exist_ok=True)
         # A restarted head has no tasks in flight: what ran is run again from its checkpoint.
@@ -84,12 +86,23 @@ class TrainJobs:
         data = body.get("data")
         if data is not None and not isinstance(data, str):
             raise ApiError(400, f"data: expected a corpus name or path, got {data!r}")
+        pool = body.get("pool")
+        if pool is not None:
+            if not isinstance(pool, dict):
+                raise ApiError(400, f"pool: expected the pool options as a table, got {pool!r}")
+            try:
+                pool = PoolOptions.from_dict(pool).__dict__
+            except PoolOptionError as err:
+                raise ApiError(400, str(err)) from None
         with self.db.lock:
             cur = self.db.conn.execute(
-                "INSERT INTO train_jobs (state, preset, config_json, data, created_at) VALUES ('queued', ?, ?, ?, ?)",
-                (str(body.get("preset", "")), json.dumps(config), data, time.time()))
+                "INSERT INTO train_jobs (state, preset, config_json, data, created_at, pool_json) "
+                "VALUES ('queued', ?, ?, ?, ?, ?)",
+                (str(body.get("preset", "")), json.dumps(config), data, time.time(),
+                 None if pool is None else json.dumps(pool)))
         job_id = cur.lastrowid
-        self._log(job_id, "log", f"submitted (preset {body.get('preset')}, data {data or 'default'})")
+        workers = "" if pool is None else f", workers {pool['workers'] or 'all'}"
+        self._log(job_id, "log", f"submitted (preset {body.get('preset')}, data {data or 'default'}{workers})")
         self.place()
         return {"job": job_id}
 
@@ -99,7 +112,8 @@ class TrainJobs:
             progress = json.loads(j["progress_json"] or "{}")
             out.append({"id": j["id"], "state": j["state"], "preset": j["preset"], "host": j["host"],
                         "attempt": j["attempt"], "iter": progress.get("iter"),
-                        "max_iters": json.loads(j["config_json"])["train"]["max_iters"],
+                        "max_iters": self.max_iters(j), "pool": bool(j["pool_json"]),
+                        "round": progress.get("round"), "workers": len(progress.get("workers") or ()) or None,
                         "train_loss": progress.get("train_loss"), "val_loss": progress.get("val_loss"),
                         "tokens_per_s": progress.get("tokens_per_s"), "error": j["error"],
                         "created_at": j["created_at"], "has_checkpoint": self.checkpoint_path(j["id"]).exists()})
@@ -113,7 +127,7 @@ class TrainJobs:
                 "SELECT seq, t, kind, data_json FROM train_log WHERE job_id = ? AND seq > ? ORDER BY seq LIMIT 5000",
                 (job["id"], int(since))).fetchall()
         return {"state": job["state"], "error": job["error"], "host": job["host"],
-                "max_iters": json.loads(job["config_json"])["train"]["max_iters"],
+                "max_iters": self.max_iters(job),
                 "entries": [{"seq": s, "t": t, "kind": k, "data": json.loads(d)} for s, t, k, d in rows]}
 
     def api_stop(self, body: dict) -> dict:
@@ -127,6 +141,28 @@ class TrainJobs:
         self._set(job["id"], stop_requested=1)
         self._log(job["id"], "log", "stop requested: checkpointing")
         return {"state": "stopping"}
+
+    def max_iters(self, job: dict) -> int:
+        """Iterations of the job's batch size it runs for (a pool counts all workers' steps)."""
+        iters = json.loads(job["config_json"])["train"]["max_iters"]
+        if job["pool_json"]:
+            iters = int(iters * json.loads(job["pool_json"])["token_factor"])
+        return iters
+
+    def job_state(self, job_id: int) -> str:
+        return self._job(job_id)["state"]
+
+    def stop_requested(self, job_id: int) -> bool:
+        return bool(self._job(job_id)["stop_requested"])
+
+    def merge_progress(self, job_id: int, progress: dict) -> None:
+        job = self._job(job_id)
+        merged = json.loads(job["progress_json"] or "{}")
+        merged.update(progress)
+        self._set(job_id, progress_json=json.dumps(merged), progress_at=time.time())
+
+    def pool_ended(self, job_id: int) -> None:
+        self.pools.pop(job_id, None)
 
     def api_progress(self, body: dict) -> dict:
         job = self._job(body.get("job"))
@@ -195,6 +231,10 @@ class TrainJobs:
         for job in self.jobs():
             if job["state"] != "running":
                 continue
+            if job["pool_json"]:
+                if job["id"] not in self.pools:
+                    self._requeue(job, "its round loop ended")
+                continue
             if job["host"] not in alive:
                 ref = self.refs.pop(job["id"], None)
                 if ref is not None:
@@ -237,11 +277,16 @@ class TrainJobs:
         self._log(job["id"], "log", f"requeued: {why}; it resumes from its last checkpoint")
         self.c.log(f"train job {job['id']} requeued: {why}")
 
-    def running_on(self) -> dict[str, int]:
+    def running_on(self, exclude_pool: int | None = None) -> dict[str, int]:
+        """Training workers per host: single-worker jobs and pool members."""
         counts: dict[str, int] = {}
         for job in self.jobs():
-            if job["state"] == "running":
+            if job["state"] == "running" and not job["pool_json"]:
                 counts[job["host"]] = counts.get(job["host"], 0) + 1
+        for job_id, pool in list(self.pools.items()):
+            if job_id != exclude_pool:
+                for host, n in pool.busy_devices().items():
+                    counts[host] = counts.get(host, 0) + n
         return counts
 
     def place(self) -> None:
@@ -254,6 +299,9 @@ class TrainJobs:
         for job in queued:
             if job["stop_requested"]:
                 self._set(job["id"], state="stopped", finished_at=time.time())
+                continue
+            if job["pool_json"]:
+                self._start_pool(job)
                 continue
             config = json.loads(job["config_json"])
             need = gpt_bytes_needed(config["model"])
@@ -279,6 +327,16 @@ class TrainJobs:
             self._log(job["id"], "log", f"placed on {slot.host} ({device}, {slot.speed_gflops:.0f} GFLOP/s), "
                                         f"attempt {attempt}")
             busy[slot.host] = busy.get(slot.host, 0) + 1
+
+
+    def _start_pool(self, job: dict) -> None:
+        if job["id"] in self.pools:
+            return
+        attempt = job["attempt"] + 1
+        run = PoolRun(self, job, attempt)
+        self.pools[job["id"]] = run
+        self._set(job["id"], state="running", host="pool", attempt=attempt, started_at=job["started_at"] or time.time())
+        run.start()
 
 
 def _int(value, name: str) -> int:

@@ -108,6 +108,7 @@ def fetch_checkpoint(client: HeadClient, job_id: int, dest: Path) -> bool:
 def run_train_job(job_id: int, attempt: int, config: dict, data: str | None,
                   head: str, token: str | None) -> dict:
     """Train job `job_id` here, resuming from the head's checkpoint if any."""
+    from jobs.dutycycle import DutyCycle
     from jobs.gpt.config import GPTConfig
     from jobs.gpt.train import USER_ERRORS, train
 
@@ -123,7 +124,7 @@ def run_train_job(job_id: int, attempt: int, config: dict, data: str | None,
             link.log(f"fetched the job's checkpoint from the head ({ckpt.stat().st_size / 2**20:.1f} MiB)")
         try:
             summary = train(GPTConfig.from_dict(config), data, workdir, on_progress=link.progress,
-                            should_stop=link.should_stop, on_log=link.log)
+                            should_stop=link.should_stop, on_log=link.log, throttle=DutyCycle.from_env())
         except USER_ERRORS as err:
             link.log(f"error: {err}")
             return {"error": str(err)}

@@ -1,8 +1,6 @@
-"""Training: progress, loss and throughput of the GPT training jobs.
-
-Round time, wait time and bytes moved arrive with multi-worker training
-(each job runs on one PC until then); their panels come with those metrics.
-"""
+"""Training: progress, loss and throughput of the GPT training jobs, and for jobs
+across the pool, what each round costs: its wall time, each worker's wait for the
+others and the bytes moved."""
 
 from typing import Any
 
@@ -62,6 +60,37 @@ def build() -> dict[str, Any]:
                 description="Stacked, so the top is the job's total.",
                 span=24,
                 stacked=True,
+                min_value=0,
+            )
+        )
+        .with_row(dash.Row("Pool rounds"))
+        .with_panel(
+            timeseries_panel(
+                "Round duration",
+                "s",
+                [query(f"salvage_train_round_duration_seconds{JOB}", "{{job_id}}")],
+                description="Wall time of each job's last round: local steps, transfers and the outer step.",
+                span=8,
+                min_value=0,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Waiting for the others",
+                "percentunit",
+                [query(f"rate(salvage_train_wait_seconds_total{JOB}[2m])", "{{job_id}} {{worker}}")],
+                description="Share of time each worker sat idle at round ends; high means its steps were misjudged.",
+                span=8,
+                min_value=0,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Bytes moved",
+                "Bps",
+                [query(f"rate(salvage_train_bytes_total{JOB}[2m])", "{{job_id}} {{direction}}")],
+                description="Global parameters down and deltas up, per second.",
+                span=8,
                 min_value=0,
             )
         )

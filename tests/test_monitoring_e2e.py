@@ -123,7 +123,10 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         cluster.join("cool", "RTX 3060:12GB:8.6")
         cluster.join("hot", f"@{hot_spec}")
         # Submitted while the agents join: it waits in the queue for the first.
-        out = salvage("train", "submit", "--state-dir", str(state), "--data", str(CORPUS), *TRAIN).stdout
+        # A pool job (of one PC, so the other is free for science) exports the
+        # round metrics as well as the progress every training job exports.
+        out = salvage("train", "submit", "--state-dir", str(state), "--data", str(CORPUS), *TRAIN,
+                      "--workers", "all", "--sync-steps", "5", "--pool-set", 'hosts="cool"').stdout
         job = int(out.strip().splitlines()[-1])
         for name in ("cool", "hot"):
             cluster.wait_state(name, "alive", timeout=60)

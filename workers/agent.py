@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
+from jobs.dutycycle import DUTY_CYCLE_ENV
+
 from . import benchmark
 from .gpus import GpuReader, open_nvml
 from .headclient import HeadClient, HeadError, HeadUnreachable
@@ -49,6 +51,7 @@ class AgentConfig:
     heartbeat_interval: float = 5.0
     num_cpus: int | None = None
     node_ip: str | None = None
+    duty_cycle: float = 1.0  # the owner's limit: work runs at most this fraction of wall time
     log_dir: Path = field(default_factory=lambda: Path.home() / ".salvage" / "agent")
     ray_env: dict[str, str] = field(default_factory=dict)
 
@@ -127,6 +130,7 @@ class Agent:
             ram_bytes=psutil.virtual_memory().total, disk_bytes=disk.total,
             gpus=gpus, notes=list(self.gpu_reader.notes),
             simulated=self.config.simulate_gpus is not None,
+            duty_cycle=self.config.duty_cycle,
         )
         self.host_info = info
         return info
@@ -164,6 +168,7 @@ class Agent:
             "salvage.io/host": info.name,
             "salvage.io/cpu-only": "true" if info.cpu_only else "false",
             "salvage.io/speed-gflops": str(int(info.speed_gflops)),
+            "salvage.io/duty-cycle": f"{self.config.duty_cycle:g}",
         }
         for gpu in info.gpus:
             labels[f"salvage.io/gpu{gpu.index}-model"] = sanitize_label(gpu.name)
@@ -179,6 +184,8 @@ class Agent:
         if store:
             args += ["--object-store-memory", store]
         env = ray_env(self.config.token if cluster.get("auth") else None, self.config.ray_env)
+        # Ray's workers inherit the raylet's environment: every job this node runs sees the limit.
+        env[DUTY_CYCLE_ENV] = repr(self.config.duty_cycle)
         self.ray_node = RayNode(args, env, self.config.log_dir / f"{info.name}-ray.log")
         self.ray_node.start()
         self.node_ip = ip

@@ -51,6 +51,7 @@ class HostInfo:
     cpu_gflops: float | None = None
     notes: list[str] = field(default_factory=list)
     simulated: bool = False
+    duty_cycle: float = 1.0  # the owner lets work run this fraction of wall time
 
     @property
     def cpu_only(self) -> bool:

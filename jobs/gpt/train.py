@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from jobs.dutycycle import DutyCycle
 from jobs.gpt.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -185,6 +186,7 @@ def train(
     should_stop: Callable[[], bool] | None = None,
     on_log: Callable[[str], None] | None = None,
     cache_dir: Path | None = None,
+    throttle: DutyCycle | None = None,
 ) -> dict[str, Any]:
     """Train (or resume, if `workdir` holds a checkpoint) and return a summary.
 
@@ -195,6 +197,7 @@ def train(
     on_log: receives human-readable lines (device, precision, parameter count, data note).
     cache_dir: where the corpus and its token cache live (default ~/.cache/salvage/gpt
         or $SALVAGE_CACHE_DIR); share it between runs to encode a corpus once.
+    throttle: the owner's duty cycle, rested after each step.
     Raises one of USER_ERRORS with a one-line message for bad input or divergence.
     """
     say = on_log or log.info
@@ -326,6 +329,8 @@ def train(
     start_iter = it
 
     model.train()
+    if throttle is not None:
+        throttle.start()
     while it < t_cfg.max_iters:
         if should_stop is not None and should_stop():
             checkpoint(last_val)
@@ -353,6 +358,8 @@ def train(
                 accum = t_cfg.batch_size // micro
                 say(f"out of memory: retrying with micro-batch {micro} x {accum} accumulation")
         it += 1
+        if throttle is not None:
+            throttle.after_work()
         if it == start_iter + 1:
             if dev.type == "cuda":
                 torch.cuda.synchronize(dev)

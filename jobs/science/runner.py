@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from jobs.dutycycle import DutyCycle
 from jobs.science.apps.base import Paused
 from jobs.science.records import Report, Task
 
@@ -24,6 +25,7 @@ def run_tasks(
     checkpoint_dir: str | Path | None = None,
     should_stop: Callable[[], bool] | None = None,
     apps: Callable[[str], Any] | None = None,
+    throttle: DutyCycle | None = None,
 ) -> list[Report]:
     """Run each task with its app; one Report per task that finished or failed.
 
@@ -31,7 +33,8 @@ def run_tasks(
     message; the other tasks still run. When should_stop() turns true (or an
     app raises Paused), the remaining tasks get no report: the caller hands
     them back with ScienceStore.release(). `corrupt` (tests only: a lying
-    host) perturbs every successful result so that it disagrees.
+    host) perturbs every successful result so that it disagrees. `throttle`
+    (the owner's duty cycle) rests after each task.
     """
     if apps is None:
         from jobs.science.apps import get_app  # the registry; tests inject fakes
@@ -43,9 +46,13 @@ def run_tasks(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
     rng = random.Random() if corrupt else None
     reports: list[Report] = []
+    if throttle is not None:
+        throttle.start()
     for task in tasks:
         if should_stop is not None and should_stop():
             break
+        if throttle is not None and reports:
+            throttle.after_work()
         ckpt = ckpt_dir / f"wu-{task.wu_id}.ckpt" if ckpt_dir is not None else None
         try:
             app = found.get(task.app)

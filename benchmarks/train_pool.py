@@ -1,0 +1,412 @@
+"""Training across an uneven pool: efficiency, speedup over the fastest member,
+the traffic/speed frontier, Ray Train's DDP as the peer, and churn.
+
+    python benchmarks/train_pool.py [--quick] [--sync 14,70,280] [--skip-peer] [--skip-churn]
+
+The pool: a loopback cluster (`salvage cluster up`) and four `salvage worker join`
+PCs, CPU-only with one core each, at `--duty-cycle` 1, 1/2, 1/4 and 1/8: speeds
+1, 1/2, 1/4, 1/8 on 1.875 cores. Everything runs through the real job path
+(`salvage train submit --workers ...`), with the CPU preset on Tiny Shakespeare.
+
+Measured, in this order, in one run:
+  solo speeds  each PC alone (a one-worker job pinned to it): tokens/s over its
+               rounds after the first.
+  T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
+               steps, outer step = plain replacement, fp32). L* is its final val
+               loss, T1 its wall time to reach L*.
+  frontier     the pool at each sync interval (`--sync-steps`, the fastest PC's
+               local steps per round): bytes_ratio and speedup = T1 / time to L*.
+  peer         Ray Train TorchTrainer, DDP over gloo, batch 12 per worker on the
+               same four PCs, same duty cycles, the preset's schedule over its
+               1,536,000 tokens (stopped after --peer-cap x T1 of training).
+  churn        the best LAN setting again, while a random PC is powered off (its
+               whole process tree killed) in 30% of rounds and rejoins two rounds later.
+
+Times are wall time from the start of a job's first round (workers' start-up left
+out, for the solo run the same way); what happens between rounds is included. Validation loss is measured
+afterwards on every kept round's global parameters with one fixed set of 50
+validation batches, so the evaluation costs the runs nothing.
+
+bytes_ratio: what per-step synchronous data parallelism would move for the same
+tokens (each of 4 workers sends and receives 2*(n-1)/n of the fp32 gradient every
+step: a ring all-reduce), divided by the bytes our rounds moved: every worker's
+compressed delta up and the compressed change of the global parameters down,
+every round, plus the whole fp32 parameters for each worker that joins late.
+
+The LAST line printed is a JSON object with eta, frontier, speedup, speedup_at_400,
+peer_eta, peer_speedup, churn_speedup and the raw figures behind them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from localcluster import LocalCluster, salvage  # noqa: E402
+
+from jobs.gpt.config import load_config  # noqa: E402
+from jobs.gpt.data import default_cache_dir, fixed_batches, prepare_data  # noqa: E402
+from jobs.gpt.diloco import allreduce_bytes, load_flat  # noqa: E402
+from jobs.gpt.model import GPT  # noqa: E402
+from jobs.gpt.train import evaluate  # noqa: E402
+
+CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+POOL = {"w1": 1.0, "w2": 0.5, "w3": 0.25, "w4": 0.125}
+VAL_BATCHES, VAL_SEED = 50, 99
+QUICK = ["n_layer=2", "n_head=2", "n_embd=64", "max_iters=400", "lr_decay_iters=400", "warmup_iters=20"]
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Bench:
+    def __init__(self, state_dir: Path, sets: list[str]):
+        self.cluster = LocalCluster(state_dir)
+        self.sets = sets
+        self.cfg = load_config("shakespeare-char-cpu", overrides=dict(_kv(s) for s in sets))
+        self.tps = self.cfg.train.batch_size * self.cfg.model.block_size
+        self.data = prepare_data(str(CORPUS), "char", self.cfg.model.block_size, default_cache_dir())
+        self.val = fixed_batches(self.data.val, self.cfg.model.block_size, 12, VAL_BATCHES, VAL_SEED)
+        torch.set_num_threads(1)
+        self.model = GPT(replace(self.cfg.model, vocab_size=self.data.tokenizer.vocab_size))
+
+    # --- cluster ---
+    def start(self) -> None:
+        self.cluster.up()
+        for name, duty in POOL.items():
+            self.join(name)
+        for name in POOL:
+            self.cluster.wait_state(name, "alive", timeout=120)
+
+    def join(self, name: str, as_name: str | None = None) -> None:
+        # The agent's default poll interval (the test harness polls every second).
+        self.cluster.join(as_name or name, "", "--duty-cycle", str(POOL[name]), "--poll-interval", "5")
+
+    def submit(self, *extra: str) -> int:
+        sets = [x for s in self.sets for x in ("--set", s)]
+        out = salvage("train", "submit", "--state-dir", str(self.cluster.state_dir), "--data", str(CORPUS),
+                      *sets, *extra)
+        return int(out.stdout.strip().splitlines()[-1])
+
+    def rounds(self, job: int) -> list[dict]:
+        db = sqlite3.connect(f"file:{self.cluster.state_dir / 'salvage.db'}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT data_json FROM train_log WHERE job_id = ? AND kind = 'progress' ORDER BY seq",
+                              (job,)).fetchall()
+            state = db.execute("SELECT state, error FROM train_jobs WHERE id = ?", (job,)).fetchone()
+        finally:
+            db.close()
+        self.last_state = state
+        return [d for (raw,) in rows if "train_loss" in (d := json.loads(raw))]
+
+    def wait(self, job: int, on_round=None, timeout: float = 3600) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while time.monotonic() < deadline:
+            rounds = self.rounds(job)
+            if on_round is not None and len(rounds) > seen:
+                on_round(rounds[-1]["round"])
+            seen = len(rounds)
+            if self.last_state[0] in ("done", "failed", "stopped"):
+                if self.last_state[0] != "done":
+                    raise SystemExit(f"job {job} {self.last_state[0]}: {self.last_state[1]}")
+                return rounds
+            time.sleep(0.5)
+        raise SystemExit(f"job {job} did not finish in {timeout:.0f} s")
+
+    # --- measurements ---
+    def val_loss(self, job: int, round_no: int) -> float:
+        params = np.load(self.cluster.state_dir / "jobs" / f"train-{job}" / "history" / f"round-{round_no:05d}.npy")
+        load_flat(self.model, params)
+        return evaluate(self.model, self.val, 12, torch.device("cpu"))
+
+    def time_to(self, job: int, rounds: list[dict], target: float) -> tuple[float | None, float]:
+        """Wall time from the start of the first round until the global model first
+        reaches `target` (everything between rounds included), and the final val loss.
+        Scans back from the end: the loss falls nearly monotonically, so the crossing
+        is found after evaluating only the rounds below the target plus one."""
+        start = rounds[0]["t_wall"] - rounds[0]["round_s"]
+        final = self.val_loss(job, rounds[-1]["round"])
+        hit = None
+        for r in reversed(rounds):
+            if self.val_loss(job, r["round"]) > target:
+                break
+            hit = r
+        return (hit["t_wall"] - start if hit else None), final
+
+    def solo_job(self, name: str, steps: int) -> int:
+        return self.submit("--workers", "1", "--sync-steps", str(max(1, steps // 5)), "--codec", "fp32",
+                           "--pool-set", f'hosts="{name}"', "--pool-set", "outer_lr=1.0", "--pool-set",
+                           "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}")
+
+    def solo_speeds(self) -> dict[str, float]:
+        """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
+        steps = {name: max(10, int(150 * duty)) for name, duty in POOL.items()}
+        return {name: steady_rate(self.wait(self.solo_job(name, n))) for name, n in steps.items()}
+
+    def pool_run(self, sync: int, factor: float, codec: str, churn: bool = False) -> dict:
+        job = self.submit("--workers", "all", "--sync-steps", str(sync), "--codec", codec,
+                          "--pool-set", "keep_history=true", "--pool-set", f"token_factor={factor}",
+                          "--pool-set", "checkpoint_rounds=1000")
+        killer = Churn(self) if churn else None
+        rounds = self.wait(job, on_round=killer.on_round if killer else None)
+        if killer:
+            killer.finish()
+        return {"job": job, "rounds": rounds, "kills": killer.log if killer else []}
+
+
+class Churn:
+    """In 30% of rounds a random live PC loses power (its whole process tree is
+    killed); two rounds later it comes back, as a new agent under a new name (the
+    head would refuse its old name until it has noticed the loss, 20 s later)."""
+
+    def __init__(self, bench: Bench, rate: float = 0.3, seed: int = 7):
+        self.bench = bench
+        self.rate = rate
+        self.rng = random.Random(seed)
+        self.alive = {name: name for name in POOL}  # PC -> its current agent name
+        self.down: dict[str, int] = {}  # PC -> the round it went down
+        self.kills = 0
+        self.log: list[tuple[int, str]] = []  # (round, PC) of every power cut
+        self.last = 0
+
+    def on_round(self, round_no: int) -> None:
+        for r in range(self.last + 1, round_no + 1):
+            for pc, when in list(self.down.items()):
+                if r >= when + 2:
+                    self.kills_back(pc)
+            up = [pc for pc in POOL if pc not in self.down]
+            if len(up) > 1 and self.rng.random() < self.rate:
+                pc = self.rng.choice(up)
+                self.bench.cluster.stop_agent(self.alive[pc], signal.SIGKILL)
+                self.down[pc] = r
+                self.kills += 1
+                self.log.append((r, pc))
+        self.last = round_no
+
+    def kills_back(self, pc: str) -> None:
+        name = f"{pc}-{self.kills}"
+        self.bench.join(pc, as_name=name)
+        self.alive[pc] = name
+        del self.down[pc]
+
+    def finish(self) -> None:
+        for pc in list(self.down):
+            self.kills_back(pc)
+        for name in self.alive.values():  # the peer that follows needs all four PCs
+            self.bench.cluster.wait_state(name, "alive", timeout=120)
+
+
+def peer_run(bench: Bench, t1: float, target: float, cap_factor: float) -> dict:
+    """Ray Train's TorchTrainer (DDP, gloo) with batch 12 per worker on the same PCs."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    cfg = bench.cfg
+    max_steps = cfg.train.max_iters * cfg.train.batch_size // (cfg.train.batch_size * len(POOL))
+    history_file = bench.cluster.state_dir / "peer-history.json"
+    loop_config = {"config": cfg.to_dict(), "data": str(CORPUS), "max_steps": max_steps,
+                   "cap_s": cap_factor * t1, "eval_every": max(1, max_steps // 40), "history": str(history_file)}
+    ray.init(address=f"127.0.0.2:{bench.cluster.ray_port}", log_to_driver=False, logging_level="ERROR")
+    try:
+        trainer = TorchTrainer(
+            _peer_loop, train_loop_config=loop_config,
+            scaling_config=ScalingConfig(num_workers=len(POOL), use_gpu=False, resources_per_worker={"CPU": 1},
+                                         placement_strategy="STRICT_SPREAD"),
+            run_config=RunConfig(storage_path=str(bench.cluster.state_dir / "ray-train"), name="peer"),
+        )
+        trainer.fit()
+    finally:
+        ray.shutdown()
+    history = json.loads(history_file.read_text())
+    # evaluate the snapshots offline, as for our pool
+    hit = None
+    for snap in history:
+        load_flat(bench.model, np.load(snap["path"]))
+        snap["val"] = evaluate(bench.model, bench.val, 12, torch.device("cpu"))
+        if hit is None and snap["val"] <= target:
+            hit = snap
+    elapsed = history[-1]["elapsed_s"]
+    tokens = history[-1]["tokens"]
+    return {"tokens_per_s": tokens / elapsed, "elapsed_s": elapsed, "reached": hit is not None,
+            "time_to_target_s": hit["elapsed_s"] if hit else None, "final_val": history[-1]["val"],
+            "speedup": t1 / hit["elapsed_s"] if hit else None, "speedup_upper_bound": None if hit else t1 / elapsed}
+
+
+def _peer_loop(loop_config: dict) -> None:
+    import os
+
+    import ray.train
+    import ray.train.torch
+
+    from jobs.dutycycle import DutyCycle
+    from jobs.gpt.config import GPTConfig
+    from jobs.gpt.data import BatchSampler, default_cache_dir, prepare_data
+    from jobs.gpt.diloco import flat_params
+    from jobs.gpt.schedule import lr_at
+    from jobs.gpt.train import build_optimizer, train_step
+
+    cfg = GPTConfig.from_dict(loop_config["config"])
+    t = cfg.train
+    data = prepare_data(loop_config["data"], "char", cfg.model.block_size, default_cache_dir())
+    torch.manual_seed(t.seed)
+    model = GPT(replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
+    model = ray.train.torch.prepare_model(model)  # DistributedDataParallel over gloo
+    optimizer = build_optimizer(model.module, cfg, torch.device("cpu"))
+    rank = ray.train.get_context().get_world_rank()
+    world = ray.train.get_context().get_world_size()
+    sampler = BatchSampler(data.train, cfg.model.block_size, t.batch_size, seed=t.seed + rank)
+    throttle = DutyCycle.from_env()  # this node's --duty-cycle, as for our own workers
+    sched = replace(t, max_iters=loop_config["max_steps"], lr_decay_iters=loop_config["max_steps"],
+                    warmup_iters=max(1, t.warmup_iters * loop_config["max_steps"] // t.max_iters))
+    out_dir = Path(tempfile.gettempdir()) / f"salvage-peer-{os.getpid()}"
+    out_dir.mkdir(exist_ok=True)
+    history = []
+    elapsed = 0.0
+    # Start together: a rank that loaded its data first would otherwise count its wait
+    # for the others as work (and rest for it under its duty cycle).
+    torch.distributed.barrier()
+    if throttle:
+        throttle.start()
+    for step in range(loop_config["max_steps"]):
+        t0 = time.perf_counter()
+        x, y = sampler.next()
+        train_step(model, optimizer, [(x, y)], lr=lr_at(step, sched), grad_clip=t.grad_clip)
+        if throttle:
+            throttle.after_work()
+        elapsed += time.perf_counter() - t0
+        if rank == 0 and ((step + 1) % loop_config["eval_every"] == 0 or step + 1 == loop_config["max_steps"]):
+            path = out_dir / f"step-{step + 1}.npy"
+            np.save(path, flat_params(model.module))
+            history.append({"step": step + 1, "elapsed_s": elapsed, "path": str(path),
+                            "tokens": (step + 1) * world * t.batch_size * cfg.model.block_size})
+        # Every rank must stop at the same step, or the others wait in all-reduce forever.
+        over = torch.tensor([1.0 if elapsed > loop_config["cap_s"] else 0.0])
+        torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+        if over.item() > 0:
+            break
+    if rank == 0:
+        Path(loop_config["history"]).write_text(json.dumps(history))
+    ray.train.report({"steps": step + 1})
+
+
+def steady_rate(rounds: list[dict]) -> float:
+    """Training tokens/s over the rounds after the first: tokens over the rounds' own
+    wall time. What happens between rounds (evaluation and checkpoints, the same
+    eight per run whatever its length) is left out on both sides of eta, or a short
+    solo run would be charged for evaluations that a long pool run spreads thin."""
+    tokens = sum(r["tokens"] - p["tokens"] for p, r in zip(rounds, rounds[1:]))
+    return tokens / sum(r["round_s"] for r in rounds[1:])
+
+
+def _kv(text: str) -> tuple[str, object]:
+    key, _, value = text.partition("=")
+    for kind in (int, float):
+        try:
+            return key, kind(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="A tiny model and 400 iterations: checks the script.")
+    ap.add_argument("--sync", default="17,42,88",
+                    help="Sync intervals for the frontier (the fastest PC's local steps per round).")
+    ap.add_argument("--factor", default="1.2,1.25,1.4",
+                    help="Token budget of each frontier run, as a multiple of the preset's (one per --sync).")
+    ap.add_argument("--codec", default="fp16,int8,int4", help="Codec of each frontier run.")
+    ap.add_argument("--skip-peer", action="store_true")
+    ap.add_argument("--skip-churn", action="store_true")
+    ap.add_argument("--peer-cap", type=float, default=1.5, help="Stop the peer after this many T1 of training.")
+    args = ap.parse_args()
+    syncs = [int(s) for s in args.sync.split(",")]
+    factors = [float(f) for f in args.factor.split(",")]
+    codecs = args.codec.split(",")
+    if not (len(syncs) == len(factors) == len(codecs)):
+        raise SystemExit("--sync, --factor and --codec need one value per frontier entry")
+    sets = QUICK if args.quick else []
+    state = Path(tempfile.mkdtemp(prefix="salvage-bench-pool-"))
+    bench = Bench(state, sets)
+    out: dict = {"preset": "shakespeare-char-cpu" + (" (quick)" if args.quick else ""), "pool": POOL}
+    bench.start()
+    try:
+        iters = bench.cfg.train.max_iters
+        solo = bench.solo_speeds()
+        for name, duty in POOL.items():
+            say(f"solo {name} (duty {duty}): {solo[name]:.0f} tokens/s")
+        out["solo_tokens_per_s"] = {k: round(v) for k, v in solo.items()}
+        sum_solo = sum(solo.values())
+
+        job = bench.submit("--workers", "1", "--sync-steps", str(max(1, iters // 20)), "--codec", "fp32",
+                           "--pool-set", 'hosts="w1"', "--pool-set", "outer_lr=1.0", "--pool-set",
+                           "outer_momentum=0.0", "--pool-set", "keep_history=true")
+        rounds = bench.wait(job)
+        l_star = bench.val_loss(job, rounds[-1]["round"])
+        t1, _ = bench.time_to(job, rounds, l_star)
+        out.update(l_star=round(l_star, 4), t1_s=round(t1, 1))
+        say(f"fastest alone: L* = {l_star:.4f} after {rounds[-1]['tokens']:,} tokens, T1 = {t1:.1f} s")
+
+        frontier = []
+        for sync, factor, codec in zip(syncs, factors, codecs):
+            run = bench.pool_run(sync, factor, codec)
+            rs = run["rounds"]
+            reach, final = bench.time_to(run["job"], rs, l_star)
+            moved = rs[-1]["bytes_up"] + rs[-1]["bytes_down"]
+            n_params = bench.model.num_params()
+            ratio = allreduce_bytes(rs[-1]["tokens"], n_params, len(POOL), bench.tps) / moved
+            rate = steady_rate(rs)
+            eta = rate / sum_solo
+            entry = {"sync_steps": sync, "codec": codec, "token_factor": factor, "rounds": len(rs),
+                     "bytes_ratio": round(ratio, 1), "speedup": round(t1 / reach, 3) if reach else 0.0,
+                     "reached": reach is not None, "final_val": round(final, 4), "eta": round(eta, 3),
+                     "tokens_per_s": round(rate)}
+            frontier.append(entry)
+            say(f"pool sync {sync} ({codec}, {factor}x tokens): {entry}")
+        out["frontier"] = frontier
+        lan = [e for e in frontier if e["bytes_ratio"] >= 20]
+        best = max(lan, key=lambda e: e["speedup"]) if lan else frontier[0]
+        out["eta"] = best["eta"]  # the efficiency of the setting that gives `speedup`
+        out["speedup"] = best["speedup"] if lan else 0.0
+        out["speedup_at_400"] = max((e["speedup"] for e in frontier if e["bytes_ratio"] >= 400), default=0.0)
+
+        if not args.skip_peer:
+            peer = peer_run(bench, t1, l_star, args.peer_cap)
+            out["peer_eta"] = round(peer["tokens_per_s"] / sum_solo, 3)
+            out["peer_speedup"] = round(peer["speedup"], 3) if peer["speedup"] else None
+            out["peer"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in peer.items()}
+            say(f"peer (Ray Train DDP): {out['peer']}")
+        if not args.skip_churn:
+            run = bench.pool_run(best["sync_steps"], best["token_factor"], best["codec"], churn=True)
+            reach, final = bench.time_to(run["job"], run["rounds"], l_star)
+            out["churn_speedup"] = round(t1 / reach, 3) if reach else 0.0
+            out["churn"] = {"sync_steps": best["sync_steps"], "final_val": round(final, 4), "kills": run["kills"],
+                            "rounds": len(run["rounds"]), "reached": reach is not None}
+            say(f"churn: {out['churn']} speedup {out['churn_speedup']}")
+
+    finally:
+        bench.cluster.down()
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

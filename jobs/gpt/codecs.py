@@ -1,0 +1,106 @@
+"""How parameters and deltas travel between the head and the pool's workers:
+fp32, fp16, or integer codes with per-block scales (int8, int4), with error
+feedback so that rounding is carried into the next message instead of lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from jobs.gpt.config import ConfigError
+
+CODECS = ("fp32", "fp16", "int8", "int4")
+# Values per scale: an outlier only coarsens its own block. 4-bit codes need
+# smaller blocks than 8-bit ones to keep the same relative error.
+BLOCK = {"int8": 256, "int4": 128}
+LEVELS = {"int8": 127, "int4": 7}
+
+
+@dataclass
+class Packed:
+    """A compressed flat float vector; `nbytes` is what travels."""
+
+    codec: str
+    data: np.ndarray
+    scales: np.ndarray | None = None
+    size: int = 0
+    full: bool = True  # False: a change to apply to the receiver's copy (see Broadcast)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes + (self.scales.nbytes if self.scales is not None else 0))
+
+
+def encode(vec: np.ndarray, codec: str) -> Packed:
+    vec = np.asarray(vec, dtype=np.float32)
+    if codec == "fp32":
+        return Packed("fp32", vec.copy(), size=vec.size)
+    if codec == "fp16":
+        return Packed("fp16", vec.astype(np.float16), size=vec.size)
+    if codec in BLOCK:
+        block, levels = BLOCK[codec], LEVELS[codec]
+        blocks = np.pad(vec, (0, (-vec.size) % block)).reshape(-1, block)
+        scales = (np.abs(blocks).max(axis=1) / levels).astype(np.float32)
+        safe = np.where(scales > 0, scales, 1.0)
+        q = np.clip(np.rint(blocks / safe[:, None]), -levels, levels).astype(np.int8).reshape(-1)
+        if codec == "int4":  # two codes per byte
+            u = (q + 8).astype(np.uint8)
+            q = (u[0::2] | (u[1::2] << 4)).astype(np.uint8)
+            return Packed(codec, q, scales, size=vec.size)
+        return Packed(codec, q[: vec.size], scales, size=vec.size)
+    raise ConfigError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
+
+
+def decode(p: Packed) -> np.ndarray:
+    if p.codec in BLOCK:
+        assert p.scales is not None
+        block = BLOCK[p.codec]
+        if p.codec == "int4":
+            codes = np.empty(p.data.size * 2, dtype=np.int8)
+            codes[0::2] = (p.data & 0x0F).astype(np.int8) - 8
+            codes[1::2] = (p.data >> 4).astype(np.int8) - 8
+        else:
+            codes = np.pad(p.data, (0, (-p.size) % block))
+        blocks = codes.reshape(-1, block).astype(np.float32) * p.scales[:, None]
+        return blocks.reshape(-1)[: p.size]
+    return p.data.astype(np.float32)
+
+
+class ErrorFeedback:
+    """Lossy codes with memory: what a message could not carry is added to the
+    next one, so rounding errors never accumulate (only delay by a round)."""
+
+    def __init__(self, codec: str) -> None:
+        self.codec = codec
+        self.residual: np.ndarray | None = None
+
+    def encode(self, vec: np.ndarray) -> Packed:
+        want = vec if self.residual is None else vec + self.residual
+        packed = encode(want, self.codec)
+        if self.codec != "fp32":
+            self.residual = want - decode(packed)
+        return packed
+
+
+class Broadcast:
+    """The global parameters going out each round, as a change to what every
+    worker already holds: `held` is exactly the copy on every worker that took the
+    last round, since all decode the same bytes the same way. New workers get
+    `held` whole, in fp32. With fp32 the parameters go out whole every time."""
+
+    def __init__(self, params: np.ndarray, codec: str) -> None:
+        self.codec = codec
+        self.held = np.array(params, dtype=np.float32)
+
+    def message(self, params: np.ndarray) -> Packed:
+        if self.codec == "fp32":
+            self.held = np.array(params, dtype=np.float32)
+            return encode(self.held, "fp32")
+        change = encode(params - self.held, self.codec)
+        self.held = self.held + decode(change)
+        change.full = False
+        return change
+
+    def full(self) -> Packed:
+        return encode(self.held, "fp32")

@@ -1,0 +1,239 @@
+"""Training across an uneven pool with rare synchronisation (DiLoCo-style rounds).
+
+Each round the head sends the global parameters out once; every worker runs its own
+number of local AdamW steps (`train_step`) on its own stream of batches and sends back
+its parameter delta, compressed. The head averages the deltas weighted by the tokens
+each worker processed and applies an outer Nesterov-momentum step. Everything here is
+plain PyTorch/numpy: Ray only places `LocalTrainer`s and carries the arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from jobs.gpt.codecs import CODECS, ErrorFeedback, Packed, decode
+from jobs.gpt.config import ConfigError, GPTConfig
+from jobs.gpt.data import BatchSampler
+from jobs.gpt.model import GPT
+from jobs.gpt.precision import (
+    choose_micro_batch,
+    choose_precision,
+    device_facts,
+    resolve_device,
+)
+from jobs.gpt.train import build_optimizer, train_step
+
+
+def allreduce_bytes(tokens: int, n_params: int, n_workers: int, tokens_per_step: int) -> float:
+    """What per-step synchronous data parallelism would move for `tokens`: every step
+    each of n workers sends and receives 2(n-1)/n of an fp32 gradient (ring all-reduce)."""
+    n = max(2, n_workers)
+    steps = tokens / (tokens_per_step * n)
+    return steps * n * 2 * (2 * (n - 1) / n) * 4 * n_params
+
+
+# ---------------------------------------------------------------- traffic and the outer step
+
+
+class OuterOptimizer:
+    """Nesterov momentum on the pseudo-gradient (global minus averaged local params)."""
+
+    def __init__(self, n_params: int, lr: float, momentum: float) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.buf = np.zeros(n_params, dtype=np.float32)
+
+    def step(self, params: np.ndarray, pseudo_grad: np.ndarray) -> np.ndarray:
+        self.buf *= self.momentum
+        self.buf += pseudo_grad
+        return params - self.lr * (pseudo_grad + self.momentum * self.buf)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lr": self.lr, "momentum": self.momentum, "buf": torch.from_numpy(self.buf.copy())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.buf = state["buf"].numpy().astype(np.float32).copy()
+
+
+def average_deltas(deltas: list[tuple[np.ndarray, int]]) -> np.ndarray:
+    """Token-weighted mean of (delta, tokens) pairs."""
+    total = sum(t for _, t in deltas)
+    out = np.zeros_like(deltas[0][0])
+    for d, t in deltas:
+        out += d * (t / total)
+    return out
+
+
+# ---------------------------------------------------------------- schedules
+
+
+@dataclass
+class PoolSchedule:
+    """The inner learning rate as a function of the pool's global token count: the
+    single-worker cosine schedule stretched over `total_tokens`, times `lr_scale`.
+    A round averages what several workers learned, like one step on a larger batch,
+    and a larger batch takes a proportionally larger step (the linear scaling rule;
+    see `pool_lr_scale`)."""
+
+    total_tokens: int
+    tokens_per_step: int
+    lr_scale: float = 1.0
+
+    def lr(self, tokens: float, cfg: GPTConfig) -> float:
+        t = cfg.train
+        top, floor = t.learning_rate * self.lr_scale, t.min_lr * self.lr_scale
+        it = tokens / self.total_tokens * t.max_iters
+        if it < t.warmup_iters:
+            return top * (it + 1) / (t.warmup_iters + 1)
+        if it >= t.lr_decay_iters:
+            return floor
+        progress = (it - t.warmup_iters) / (t.lr_decay_iters - t.warmup_iters)
+        return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (top - floor)
+
+
+def pool_lr_scale(speeds: list[float], cap: float = 4.0) -> float:
+    """The pool's speed in units of its fastest worker: how much larger the batch
+    behind each round is than one worker's. Measured on the CPU preset with speeds
+    1, 1/2, 1/4, 1/8: the scaled rate (1.875x) reached the single worker's loss with
+    fewer tokens than the unscaled one needed by far (see benchmarks/train_pool.py)."""
+    top = max(speeds)
+    return min(cap, sum(speeds) / top) if top > 0 else 1.0
+
+
+def plan_steps(speeds: dict[str, float], fastest_steps: int) -> dict[str, int]:
+    """Local steps per worker so that all finish together: proportional to speed,
+    the fastest running `fastest_steps`. Slow workers get at least one step."""
+    top = max(speeds.values())
+    return {w: max(1, round(fastest_steps * s / top)) for w, s in speeds.items()}
+
+
+def sync_steps_for_link(step_s: float, transfer_s: float, comm_fraction: float = 0.10) -> int:
+    """Fewest local steps per round that keep communication under `comm_fraction`
+    of the round, given one step's compute time and one round-trip's transfer time."""
+    if step_s <= 0:
+        return 1
+    return max(1, math.ceil(transfer_s * (1 - comm_fraction) / (comm_fraction * step_s)))
+
+
+# ---------------------------------------------------------------- the worker side
+
+
+@dataclass
+class RoundResult:
+    delta: Packed
+    tokens: int
+    steps: int
+    loss: float
+    sampler_state: dict[str, Any] = field(default_factory=dict)
+
+
+def flat_params(model: torch.nn.Module) -> np.ndarray:
+    return torch.nn.utils.parameters_to_vector(model.parameters()).detach().float().cpu().numpy()
+
+
+@torch.no_grad()
+def load_flat(model: torch.nn.Module, vec: np.ndarray) -> None:
+    """Copy a flat vector into the parameters. (torch's vector_to_parameters would
+    make them views of the vector, so training would overwrite the caller's array.)"""
+    flat = torch.from_numpy(np.asarray(vec, dtype=np.float32))
+    offset = 0
+    for p in model.parameters():
+        n = p.numel()
+        p.copy_(flat[offset:offset + n].view_as(p))
+        offset += n
+
+
+class LocalTrainer:
+    """One worker's model, inner AdamW and batch stream; lives across rounds so the
+    inner optimizer's moments carry over, as in DiLoCo."""
+
+    def __init__(
+        self,
+        cfg: GPTConfig,
+        train_tokens: np.ndarray,
+        vocab_size: int,
+        *,
+        seed: int,
+        device: str = "auto",
+        codec: str = "fp16",
+        throttle: Any = None,
+    ) -> None:
+        if codec not in CODECS:
+            raise ConfigError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
+        self.cfg = cfg
+        self.codec = codec
+        self.throttle = throttle
+        self.dev = resolve_device(device)
+        capability, free_bytes, self.device_name = device_facts(self.dev)
+        self.precision = choose_precision(self.dev.type, capability, dtype=cfg.train.dtype, compile=False)
+        # Every worker builds the same initial model (the job's seed), so a fresh job
+        # starts with the global parameters already in place everywhere, at no cost.
+        torch.manual_seed(cfg.train.seed)
+        model_cfg = cfg.model if cfg.model.vocab_size else _with_vocab(cfg, vocab_size).model
+        self.model = GPT(model_cfg).to(self.dev)
+        torch.manual_seed(seed)  # this worker's own dropout stream
+        self.optimizer = build_optimizer(self.model, cfg, self.dev)
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.grad_scaler else None
+        self.autocast = (
+            torch.autocast(self.dev.type, dtype=self.precision.torch_dtype)
+            if self.precision.dtype != "float32" else None
+        )
+        self.micro, _ = choose_micro_batch(model_cfg, cfg.train, self.precision, free_bytes, self.model.num_params())
+        self.sampler = BatchSampler(train_tokens, model_cfg.block_size, cfg.train.batch_size, seed=seed)
+        self.tokens_per_step = cfg.train.batch_size * model_cfg.block_size
+        self.uplink = ErrorFeedback(codec)
+        self.global_copy = flat_params(self.model)
+
+    def describe(self) -> str:
+        return f"{self.device_name} ({self.dev}), {self.precision.dtype}, micro-batch {self.micro}"
+
+    def receive(self, message: Packed) -> np.ndarray:
+        """Apply a broadcast to this worker's copy of the global parameters."""
+        if message.full:
+            self.global_copy = decode(message).copy()
+        else:
+            self.global_copy = self.global_copy + decode(message)
+        return self.global_copy
+
+    def run_round(
+        self, message: Packed, steps: int, start_tokens: float, round_tokens: float, schedule: PoolSchedule,
+    ) -> RoundResult:
+        """Take the round's global parameters, run `steps` local steps, return the delta.
+
+        The learning rate of local step i follows the pool's global token count at
+        that moment, assuming the round's tokens arrive evenly over the round."""
+        start = self.receive(message)
+        load_flat(self.model, start)
+        self.model.train()
+        losses = []
+        for i in range(steps):
+            lr = schedule.lr(start_tokens + round_tokens * i / steps, self.cfg)
+            x, y = self.sampler.next()
+            if self.dev.type == "cuda":
+                x, y = x.pin_memory().to(self.dev, non_blocking=True), y.pin_memory().to(self.dev, non_blocking=True)
+            loss = train_step(
+                self.model, self.optimizer, list(zip(x.split(self.micro), y.split(self.micro))),
+                lr=lr, grad_clip=self.cfg.train.grad_clip, scaler=self.scaler, autocast=self.autocast,
+            )
+            losses.append(loss)
+            if self.throttle is not None:
+                self.throttle.after_work()
+        mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
+        return RoundResult(
+            delta=self.uplink.encode(start - flat_params(self.model)),
+            tokens=steps * self.tokens_per_step,
+            steps=steps,
+            loss=mean_loss,
+            sampler_state=self.sampler.state_dict(),
+        )
+
+
+def _with_vocab(cfg: GPTConfig, vocab_size: int) -> GPTConfig:
+    from dataclasses import replace
+
+    return replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
