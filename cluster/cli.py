@@ -17,7 +17,7 @@ from workers.raynode import free_ports, port_in_use
 
 from .state import DEFAULT_HTTP_PORT, DEFAULT_RAY_PORT, LOOPBACK, HeadConfig, StateDir, StateError, default_state_dir
 
-UP_TIMEOUT_S = 120.0
+UP_TIMEOUT_S = 200.0  # a slow `ray start --head` may be retried once
 
 state_dir_option = click.option(
     "--state-dir", type=click.Path(path_type=Path), default=None,

@@ -246,7 +246,18 @@ class Coordinator:
         try:
             with start_lock():
                 self.start_head()
-                self.connect_ray()
+                try:
+                    self.connect_ray()
+                except RuntimeError as err:
+                    # On a loaded machine `ray start --head` now and then gives up waiting
+                    # for its own raylet; a second start usually comes up in seconds.
+                    if not self.head_node.alive():
+                        self.log(f"{err}; starting the Ray head once more")
+                        self.head_node.kill()
+                        self.start_head()
+                        self.connect_ray()
+                    else:
+                        raise
             server = serve(self, self.config.host, self.config.http_port)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             self.science_thread = threading.Thread(target=self.science.run, daemon=True, name="science")

@@ -45,7 +45,7 @@ class LocalCluster:
 
     def up(self, *extra: str) -> subprocess.CompletedProcess:
         return salvage("cluster", "up", "--state-dir", str(self.state_dir), "--port", str(self.ray_port),
-                       "--http-port", str(self.http_port), *extra)
+                       "--http-port", str(self.http_port), *extra, timeout=240)
 
     def down(self) -> None:
         for name in list(self.agents):
