@@ -149,9 +149,6 @@ class TrainJobs:
             iters = int(iters * json.loads(job["pool_json"])["token_factor"])
         return iters
 
-    def job_state(self, job_id: int) -> str:
-        return self._job(job_id)["state"]
-
     def stop_requested(self, job_id: int) -> bool:
         return bool(self._job(job_id)["stop_requested"])
 

@@ -340,7 +340,8 @@ class PoolRun:
             if m.has_copy:
                 msg_ref, sent[k] = change_ref, change.nbytes
             else:  # a new worker gets the parameters whole, once
-                whole = whole or self.broadcast.full()
+                if whole is None:
+                    whole = self.broadcast.full()
                 msg_ref, sent[k] = ray.put(whole), whole.nbytes
             refs[k] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule)
         expected = max(steps[k] * self.tokens_per_step / self.planned_speeds[k] for k in steps)

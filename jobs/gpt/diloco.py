@@ -10,7 +10,7 @@ plain PyTorch/numpy: Ray only places `LocalTrainer`s and carries the arrays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -174,7 +174,7 @@ class LocalTrainer:
         # Every worker builds the same initial model (the job's seed), so a fresh job
         # starts with the global parameters already in place everywhere, at no cost.
         torch.manual_seed(cfg.train.seed)
-        model_cfg = cfg.model if cfg.model.vocab_size else _with_vocab(cfg, vocab_size).model
+        model_cfg = replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab_size)
         self.model = GPT(model_cfg).to(self.dev)
         torch.manual_seed(seed)  # this worker's own dropout stream
         self.optimizer = build_optimizer(self.model, cfg, self.dev)
@@ -231,9 +231,3 @@ class LocalTrainer:
             loss=mean_loss,
             sampler_state=self.sampler.state_dict(),
         )
-
-
-def _with_vocab(cfg: GPTConfig, vocab_size: int) -> GPTConfig:
-    from dataclasses import replace
-
-    return replace(cfg, model=replace(cfg.model, vocab_size=vocab_size))
