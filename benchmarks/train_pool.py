@@ -1,7 +1,7 @@
 """Training across an uneven pool: efficiency, speedup over the fastest member,
 the traffic/speed frontier, Ray Train's DDP as the peer, and churn.
 
-    python benchmarks/train_pool.py [--quick] [--sync 14,70,280] [--skip-peer] [--skip-churn]
+    python benchmarks/train_pool.py [--quick] [--sync 17,42,88] [--factor 1.2,1.3,1.5] [--skip-peer] [--skip-churn]
 
 The pool: a loopback cluster (`salvage cluster up`) and four `salvage worker join`
 PCs, CPU-only with one core each, at `--duty-cycle` 1, 1/2, 1/4 and 1/8: speeds
@@ -14,8 +14,8 @@ Measured, in this order, in one run:
   T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
                steps, outer step = plain replacement, fp32). L* is its final val
                loss, T1 its wall time to reach L*.
-  frontier     the pool at each sync interval (`--sync-steps`, the fastest PC's
-               local steps per round): bytes_ratio and speedup = T1 / time to L*.
+  frontier     the pool at each sync interval (`--sync-steps`: rounds as long as
+               that many steps on the fastest PC): bytes_ratio and speedup = T1 / time to L*.
   peer         Ray Train TorchTrainer, DDP over gloo, batch 12 per worker on the
                same four PCs, same duty cycles, the preset's schedule over its
                1,536,000 tokens (stopped after --peer-cap x T1 of training).
@@ -330,8 +330,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="A tiny model and 400 iterations: checks the script.")
     ap.add_argument("--sync", default="17,42,88",
-                    help="Sync intervals for the frontier (the fastest PC's local steps per round).")
-    ap.add_argument("--factor", default="1.2,1.25,1.4",
+                    help="Sync intervals for the frontier (rounds as long as that many steps on the fastest PC).")
+    ap.add_argument("--factor", default="1.2,1.3,1.5",
                     help="Token budget of each frontier run, as a multiple of the preset's (one per --sync).")
     ap.add_argument("--codec", default="fp16,int8,int4", help="Codec of each frontier run.")
     ap.add_argument("--skip-peer", action="store_true")

@@ -93,8 +93,9 @@ def train():
               help="Train across N devices at once (or all that fit), in rounds of local steps "
                    "with a compressed average between them (DiLoCo).")
 @click.option("--sync-steps", default="auto", show_default=True, metavar="N|auto",
-              help="Pool jobs: local steps of the fastest worker per round; auto keeps communication "
-                   "under 10%% of each round on the measured links.")
+              help="Pool jobs: a round lasts as long as N local steps take on the fastest worker "
+                   "(the others train for the same time); auto keeps communication under 10%% of each "
+                   "round on the measured links.")
 @click.option("--codec", type=click.Choice(["fp32", "fp16", "int8", "int4"]), default="fp16", show_default=True,
               help="Pool jobs: how deltas and parameter changes travel (int8/int4: per-block scales, "
                    "rounding carried into the next round).")

@@ -144,6 +144,8 @@ class PoolRun:
         self.state = PoolState()
         self.waiting_said = ""
         self.evaluated_round = -1
+        self.planned_speeds: dict[str, float] = {}  # tokens/s per worker, as the last plan assumed
+        self.last_round = False  # the last plan spends the job's remaining tokens
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"pool-{self.job_id}")
 
     # --- bookkeeping ---
@@ -296,7 +298,8 @@ class PoolRun:
         steps = plan_steps(speeds, fastest)
         # The last round ends on the token budget.
         remaining = (self.total_tokens - self.state.tokens) / self.tokens_per_step
-        if sum(steps.values()) > remaining:
+        self.last_round = sum(steps.values()) > remaining
+        if self.last_round:
             steps = plan_steps(speeds, max(1, math.ceil(fastest * remaining / sum(steps.values()))))
         self.planned_speeds = speeds
         return steps
@@ -331,6 +334,11 @@ class PoolRun:
         if self.broadcast is None:  # every worker is new: each gets the parameters whole
             self.broadcast = Broadcast(self.params, self.options.codec)
         change = self.broadcast.message(self.params)
+        # Workers train for the time the plan gives the fastest one rather than for a
+        # fixed count, so a misjudged speed costs neither waiting nor idling. The
+        # last round spends exactly the tokens left.
+        expected = max(steps[k] * self.tokens_per_step / self.planned_speeds[k] for k in steps)
+        budget = None if self.last_round else expected
         whole = None
         t0 = time.monotonic()
         change_ref = ray.put(change)
@@ -343,8 +351,7 @@ class PoolRun:
                 if whole is None:
                     whole = self.broadcast.full()
                 msg_ref, sent[k] = ray.put(whole), whole.nbytes
-            refs[k] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule)
-        expected = max(steps[k] * self.tokens_per_step / self.planned_speeds[k] for k in steps)
+            refs[k] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget)
         deadline = max(MIN_DEADLINE_S, 3 * expected)
         ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=deadline)
         round_wall = time.monotonic() - t0

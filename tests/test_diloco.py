@@ -168,6 +168,23 @@ def test_a_local_round_returns_the_delta_and_leaves_the_global_params_untouched(
     assert result.tokens == 5 * 64 and result.steps == 5 and np.linalg.norm(decode(result.delta)) > 0
 
 
+def test_a_round_on_a_time_budget_runs_as_many_steps_as_the_time_allows():
+    sched = PoolSchedule(total_tokens=500 * 64, tokens_per_step=64)
+    _, fast = _tiny_trainer(seed=1)
+    msg = Broadcast(flat_params(fast.model), "fp16").full()
+    assert fast.run_round(msg, 5, 0, 5 * 64, sched, budget_s=60.0).steps == 10  # faster than planned: up to 2x
+    assert fast.run_round(msg, 5, 0, 5 * 64, sched, budget_s=1e-9).steps == 1  # always at least one step
+    # Same plan, same budget: a PC at a quarter duty cycle fits far fewer steps in it.
+    budget = 0.5
+    full = fast.run_round(msg, 400, 0, 400 * 64, sched, budget_s=budget)
+    _, slow = _tiny_trainer(seed=2)
+    slow.throttle = DutyCycle(0.25)
+    slow.throttle.start()
+    quarter = slow.run_round(msg, 400, 0, 400 * 64, sched, budget_s=budget)
+    assert 2 <= quarter.steps < 0.6 * full.steps < 400
+    assert quarter.tokens == quarter.steps * 64
+
+
 def test_rounds_with_an_outer_step_lower_the_loss():
     cfg, a = _tiny_trainer(seed=1)
     _, b = _tiny_trainer(seed=2, codec="int8")

@@ -10,6 +10,7 @@ plain PyTorch/numpy: Ray only places `LocalTrainer`s and carries the arrays.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -202,16 +203,30 @@ class LocalTrainer:
 
     def run_round(
         self, message: Packed, steps: int, start_tokens: float, round_tokens: float, schedule: PoolSchedule,
+        budget_s: float | None = None,
     ) -> RoundResult:
-        """Take the round's global parameters, run `steps` local steps, return the delta.
+        """Take the round's global parameters, run local steps, return the delta.
 
+        Without `budget_s` it runs exactly `steps` steps. With it, `steps` is the plan
+        and the clock decides: the worker steps until the budget is spent (at least
+        one step, at most twice the plan), so a worker whose speed changed since it
+        was last measured neither holds the round up nor sits idle waiting for it.
         The learning rate of local step i follows the pool's global token count at
-        that moment, assuming the round's tokens arrive evenly over the round."""
+        that moment, assuming the round's tokens arrive evenly over the planned steps."""
         start = self.receive(message)
         load_flat(self.model, start)
         self.model.train()
         losses = []
-        for i in range(steps):
+        limit = steps if budget_s is None else 2 * steps
+        t0 = time.perf_counter()
+        for i in range(limit):
+            if budget_s is not None and i > 0:
+                if self.dev.type == "cuda":
+                    torch.cuda.synchronize(self.dev)  # the clock must see the work, not its queueing
+                spent = time.perf_counter() - t0
+                # Stop when one more step would end further past the budget than stopping now ends before it.
+                if spent + 0.5 * spent / i >= budget_s:
+                    break
             lr = schedule.lr(start_tokens + round_tokens * i / steps, self.cfg)
             x, y = self.sampler.next()
             if self.dev.type == "cuda":
@@ -226,8 +241,8 @@ class LocalTrainer:
         mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
         return RoundResult(
             delta=self.uplink.encode(start - flat_params(self.model)),
-            tokens=steps * self.tokens_per_step,
-            steps=steps,
+            tokens=len(losses) * self.tokens_per_step,
+            steps=len(losses),
             loss=mean_loss,
             sampler_state=self.sampler.state_dict(),
         )
