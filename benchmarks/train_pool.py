@@ -121,7 +121,7 @@ class Bench:
         while time.monotonic() < deadline:
             rounds = self.rounds(job)
             if on_round is not None and len(rounds) > seen:
-                on_round(rounds[-1]["round"])
+                on_round(rounds[-1])
             seen = len(rounds)
             if self.last_state[0] in ("done", "failed", "stopped"):
                 if self.last_state[0] != "done":
@@ -172,9 +172,11 @@ class Bench:
 
 
 class Churn:
-    """In 30% of rounds a random live PC loses power (its whole process tree is
-    killed); two rounds later it comes back, as a new agent under a new name (the
-    head would refuse its old name until it has noticed the loss, 20 s later)."""
+    """In 30% of rounds a random PC that is training loses power (its whole process
+    tree is killed); two rounds later it comes back, as a new agent under a new name
+    (the head would refuse its old name until it has noticed the loss, 20 s later).
+    A PC still starting up after its last power cut is not a worker yet, so it is not
+    picked: killing it again would measure start-up loops, not a pool losing workers."""
 
     def __init__(self, bench: Bench, rate: float = 0.3, seed: int = 7):
         self.bench = bench
@@ -186,12 +188,14 @@ class Churn:
         self.log: list[tuple[int, str]] = []  # (round, PC) of every power cut
         self.last = 0
 
-    def on_round(self, round_no: int) -> None:
+    def on_round(self, record: dict) -> None:
+        round_no = record["round"]
+        training = {w["worker"].split("/")[0] for w in record["workers"]}
         for r in range(self.last + 1, round_no + 1):
             for pc, when in list(self.down.items()):
                 if r >= when + 2:
                     self.kills_back(pc)
-            up = [pc for pc in POOL if pc not in self.down]
+            up = [pc for pc in POOL if pc not in self.down and self.alive[pc] in training]
             if len(up) > 1 and self.rng.random() < self.rate:
                 pc = self.rng.choice(up)
                 self.bench.cluster.stop_agent(self.alive[pc], signal.SIGKILL)
