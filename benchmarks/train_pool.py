@@ -283,24 +283,28 @@ def _peer_loop(loop_config: dict) -> None:
     out_dir = Path(tempfile.gettempdir()) / f"salvage-peer-{os.getpid()}"
     out_dir.mkdir(exist_ok=True)
     history = []
-    elapsed = 0.0
+    saving = 0.0  # rank 0's snapshots for the offline evaluation are not training time
     # Start together: a rank that loaded its data first would otherwise count its wait
     # for the others as work (and rest for it under its duty cycle).
     torch.distributed.barrier()
     if throttle:
         throttle.start()
+    start = time.perf_counter()
     for step in range(loop_config["max_steps"]):
-        t0 = time.perf_counter()
         x, y = sampler.next()
         train_step(model, optimizer, [(x, y)], lr=lr_at(step, sched), grad_clip=t.grad_clip)
         if throttle:
             throttle.after_work()
-        elapsed += time.perf_counter() - t0
+        # Wall time since the start, waits included: a fast rank spends much of each
+        # step waiting for the slowest one, in the gradient all-reduce or below.
+        elapsed = time.perf_counter() - start - saving
         if rank == 0 and ((step + 1) % loop_config["eval_every"] == 0 or step + 1 == loop_config["max_steps"]):
+            t0 = time.perf_counter()
             path = out_dir / f"step-{step + 1}.npy"
             np.save(path, flat_params(model.module))
             history.append({"step": step + 1, "elapsed_s": elapsed, "path": str(path),
                             "tokens": (step + 1) * world * t.batch_size * cfg.model.block_size})
+            saving += time.perf_counter() - t0
         # Every rank must stop at the same step, or the others wait in all-reduce forever.
         over = torch.tensor([1.0 if elapsed > loop_config["cap_s"] else 0.0])
         torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
