@@ -146,6 +146,7 @@ class PoolRun:
         self.evaluated_round = -1
         self.planned_speeds: dict[str, float] = {}  # tokens/s per worker, as the last plan assumed
         self.last_round = False  # the last plan spends the job's remaining tokens
+        self.timed = False  # the last plan's speeds are measured tokens/s, so its times are real
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"pool-{self.job_id}")
 
     # --- bookkeeping ---
@@ -302,6 +303,8 @@ class PoolRun:
         if self.last_round:
             steps = plan_steps(speeds, max(1, math.ceil(fastest * remaining / sum(steps.values()))))
         self.planned_speeds = speeds
+        # Before anything was measured, speeds are GFLOP/s: right in ratio, not in time.
+        self.timed = ratio is not None or len(known) == len(members)
         return steps
 
     def fastest_steps(self, top_speed: float) -> int:
@@ -336,9 +339,10 @@ class PoolRun:
         change = self.broadcast.message(self.params)
         # Workers train for the time the plan gives the fastest one rather than for a
         # fixed count, so a misjudged speed costs neither waiting nor idling. The
-        # last round spends exactly the tokens left.
+        # first round (nothing measured yet) and the last (exactly the tokens left)
+        # run the planned steps.
         expected = max(steps[k] * self.tokens_per_step / self.planned_speeds[k] for k in steps)
-        budget = None if self.last_round else expected
+        budget = expected if self.timed and not self.last_round else None
         whole = None
         t0 = time.monotonic()
         change_ref = ray.put(change)

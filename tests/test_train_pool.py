@@ -75,7 +75,9 @@ def test_the_pool_trains_together_its_loss_falls_and_speed_sets_the_steps(pool):
     rs = rounds(text)
     assert len(rs) >= 5
     assert all(set(r["workers"]) == {"a/cpu", "b/cpu", "slow/cpu"} for r in rs), text
-    assert rs[-1]["loss"] < rs[0]["loss"] - 0.7
+    assert rs[-1]["loss"] < 3.3 < rs[0]["loss"], text  # from above the unigram entropy (3.3) to below it
+    # Nothing is measured before the first round, so it runs the plan: 8 steps on the fastest.
+    assert max(steps for steps, _ in rs[0]["workers"].values()) == 8, text
     v = vals(text)
     assert len(v) >= 4 and v[-1] < v[0] - 0.2 and v[-1] < 3.3  # below the unigram entropy (3.3)
     # The PC at a quarter duty cycle measures slower and gets fewer steps per round. The last
