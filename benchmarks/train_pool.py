@@ -89,7 +89,7 @@ class Bench:
     # --- cluster ---
     def start(self) -> None:
         self.cluster.up()
-        for name, duty in POOL.items():
+        for name in POOL:
             self.join(name)
         for name in POOL:
             self.cluster.wait_state(name, "alive", timeout=120)
@@ -150,15 +150,18 @@ class Bench:
             hit = r
         return (hit["t_wall"] - start if hit else None), final
 
-    def solo_job(self, name: str, steps: int) -> int:
-        return self.submit("--workers", "1", "--sync-steps", str(max(1, steps // 5)), "--codec", "fp32",
+    def solo_job(self, name: str, steps: int, rounds: int, *extra: str) -> int:
+        """`steps` steps on one PC alone, in `rounds` rounds whose outer step is plain
+        replacement in fp32: the single-worker job, measured the way the pool is."""
+        return self.submit("--workers", "1", "--sync-steps", str(max(1, steps // rounds)), "--codec", "fp32",
                            "--pool-set", f'hosts="{name}"', "--pool-set", "outer_lr=1.0", "--pool-set",
-                           "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}")
+                           "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}",
+                           *extra)
 
     def solo_speeds(self) -> dict[str, float]:
         """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
         steps = {name: max(10, int(150 * duty)) for name, duty in POOL.items()}
-        return {name: steady_rate(self.wait(self.solo_job(name, n))) for name, n in steps.items()}
+        return {name: steady_rate(self.wait(self.solo_job(name, n, 5))) for name, n in steps.items()}
 
     def pool_run(self, sync: int, factor: float, codec: str, churn: bool = False) -> dict:
         job = self.submit("--workers", "all", "--sync-steps", str(sync), "--codec", codec,
@@ -364,9 +367,7 @@ def main() -> int:
         out["solo_tokens_per_s"] = {k: round(v) for k, v in solo.items()}
         sum_solo = sum(solo.values())
 
-        job = bench.submit("--workers", "1", "--sync-steps", str(max(1, iters // 20)), "--codec", "fp32",
-                           "--pool-set", 'hosts="w1"', "--pool-set", "outer_lr=1.0", "--pool-set",
-                           "outer_momentum=0.0", "--pool-set", "keep_history=true")
+        job = bench.solo_job("w1", iters, 20, "--pool-set", "keep_history=true")
         rounds = bench.wait(job)
         l_star = bench.val_loss(job, rounds[-1]["round"])
         t1, _ = bench.time_to(job, rounds, l_star)

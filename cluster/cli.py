@@ -219,6 +219,7 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
 
     Runs in the foreground; Ctrl-C or SIGTERM leaves the cluster cleanly.
     """
+    from jobs.dutycycle import DutyCycle
     from workers.agent import Agent, AgentConfig, JoinError
     from workers.simnvml import SpecError, check_spec
 
@@ -229,8 +230,10 @@ def join(address, name, token, metrics_port, simulate, num_cpus, node_ip, poll_i
             raise click.ClickException(str(err)) from None
     if num_cpus is not None and num_cpus < 1:
         raise click.ClickException(f"num-cpus: expected at least 1, got {num_cpus}")
-    if not 0 < duty_cycle <= 1:
-        raise click.ClickException(f"duty-cycle: expected a fraction in (0, 1], got {duty_cycle}")
+    try:
+        DutyCycle(duty_cycle)  # the limit the agent's jobs will run under
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
     if ":" not in address:
         address = f"{address}:{DEFAULT_HTTP_PORT}"
     config = AgentConfig(address=address, name=name or socket.gethostname().split(".")[0], token=token,

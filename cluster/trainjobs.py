@@ -274,16 +274,15 @@ class TrainJobs:
         self._log(job["id"], "log", f"requeued: {why}; it resumes from its last checkpoint")
         self.c.log(f"train job {job['id']} requeued: {why}")
 
-    def running_on(self, exclude_pool: int | None = None) -> dict[str, int]:
+    def running_on(self) -> dict[str, int]:
         """Training workers per host: single-worker jobs and pool members."""
         counts: dict[str, int] = {}
         for job in self.jobs():
             if job["state"] == "running" and not job["pool_json"]:
                 counts[job["host"]] = counts.get(job["host"], 0) + 1
-        for job_id, pool in list(self.pools.items()):
-            if job_id != exclude_pool:
-                for host, n in pool.busy_devices().items():
-                    counts[host] = counts.get(host, 0) + n
+        for pool in list(self.pools.values()):
+            for host, n in pool.busy_devices().items():
+                counts[host] = counts.get(host, 0) + n
         return counts
 
     def place(self) -> None:
@@ -324,7 +323,6 @@ class TrainJobs:
             self._log(job["id"], "log", f"placed on {slot.host} ({device}, {slot.speed_gflops:.0f} GFLOP/s), "
                                         f"attempt {attempt}")
             busy[slot.host] = busy.get(slot.host, 0) + 1
-
 
     def _start_pool(self, job: dict) -> None:
         if job["id"] in self.pools:

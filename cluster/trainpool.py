@@ -1,8 +1,8 @@
 """A training job spread over many workers: the head's round loop.
 
 Each round: pick this round's workers (one per free device that fits, up to the
-job's `workers`), give each a number of local steps proportional to its measured
-speed so that all finish together, send the global parameters out once through
+job's `workers`), plan each one's local steps from its measured speed and give
+all of them the same time to train, send the global parameters out once through
 Ray's object store, gather the compressed deltas until the round's deadline,
 average them by tokens and take the outer step. Workers that die or miss the
 deadline are left out of that round; new PCs join at the next round boundary.
@@ -44,7 +44,7 @@ class PoolOptions:
     """How a multi-worker job trains; stored with the job."""
 
     workers: int = 0  # 0: every device that fits
-    sync_steps: int = 0  # local steps of the fastest worker per round; 0: chosen from the link
+    sync_steps: int = 0  # rounds as long as this many steps on the fastest worker; 0: chosen from the link
     sync_growth: float = 1.0  # multiply sync_steps by this every round (rounds lengthen as training settles)
     max_sync_steps: int = 100_000
     codec: str = "fp16"  # how deltas and parameter changes travel: fp32, fp16, int8 or int4
@@ -214,9 +214,7 @@ class PoolRun:
             if m.host not in alive or node is None or node["NodeID"] != m.node_id:
                 self.drop(key, f"host {m.host} is gone")
         cap = self.options.workers or 10**9
-        busy = self.jobs.running_on(exclude_pool=self.job_id)
-        for key, n in self.busy_devices().items():
-            busy[key] = busy.get(key, 0) + n
+        busy = self.jobs.running_on()  # this job's own members included
         candidates = []
         for name, row in alive.items():
             node = self.c.node_of(name)
@@ -332,8 +330,7 @@ class PoolRun:
         steps = self.plan()
         round_tokens = sum(steps.values()) * self.tokens_per_step
         lr_scale = self.options.lr_scale or pool_lr_scale(list(self.planned_speeds.values()))
-        schedule = PoolSchedule(total_tokens=self.total_tokens, tokens_per_step=self.tokens_per_step,
-                                lr_scale=lr_scale)
+        schedule = PoolSchedule(total_tokens=self.total_tokens, lr_scale=lr_scale)
         if self.broadcast is None:  # every worker is new: each gets the parameters whole
             self.broadcast = Broadcast(self.params, self.options.codec)
         change = self.broadcast.message(self.params)

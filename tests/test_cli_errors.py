@@ -29,6 +29,12 @@ def test_malformed_simulate_gpus_is_refused_before_joining():
     assert "simulate-gpus[0]" in one_line_error(proc)
 
 
+@pytest.mark.parametrize("fraction", ["0", "1.5"])
+def test_a_duty_cycle_outside_0_to_1_is_refused_before_joining(fraction):
+    proc = salvage("worker", "join", "127.0.0.2:1", "--duty-cycle", fraction, check=False)
+    assert one_line_error(proc).startswith("Error: duty-cycle: expected a fraction in (0, 1]")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_state_dir(tmp_path):
     ro = tmp_path / "ro"

@@ -99,8 +99,8 @@ def test_the_pool_scales_its_learning_rate_by_its_speed_over_the_fastest():
     assert pool_lr_scale([8.0, 4.0, 2.0, 1.0]) == pytest.approx(1.875)
     assert pool_lr_scale([1.0] * 16) == 4.0  # capped
     cfg = load_config("shakespeare-char-cpu")
-    plain = PoolSchedule(total_tokens=1_536_000, tokens_per_step=768)
-    scaled = PoolSchedule(total_tokens=1_536_000, tokens_per_step=768, lr_scale=2.0)
+    plain = PoolSchedule(total_tokens=1_536_000)
+    scaled = PoolSchedule(total_tokens=1_536_000, lr_scale=2.0)
     for tokens in (0, 500_000, 1_536_000):
         assert scaled.lr(tokens, cfg) == pytest.approx(2 * plain.lr(tokens, cfg))
 
@@ -121,7 +121,7 @@ def test_allreduce_baseline_counts_a_ring_per_step():
 
 def test_schedule_stretches_the_single_worker_cosine_over_the_pool_budget():
     cfg = load_config("shakespeare-char-cpu")
-    sched = PoolSchedule(total_tokens=2 * 1_536_000, tokens_per_step=768)
+    sched = PoolSchedule(total_tokens=2 * 1_536_000)
     assert sched.lr(0, cfg) < cfg.train.learning_rate / 10  # warming up
     assert sched.lr(2 * 768 * 100, cfg) == pytest.approx(cfg.train.learning_rate)
     assert sched.lr(2 * 1_536_000, cfg) == pytest.approx(cfg.train.min_lr)
@@ -160,7 +160,7 @@ def test_a_local_round_returns_the_delta_and_leaves_the_global_params_untouched(
     cfg, trainer = _tiny_trainer()
     global_params = flat_params(trainer.model)
     before = global_params.copy()
-    sched = PoolSchedule(total_tokens=50 * 64, tokens_per_step=64)
+    sched = PoolSchedule(total_tokens=50 * 64)
     result = trainer.run_round(Broadcast(global_params, "fp16").full(), 5, 0, 5 * 64, sched)
     np.testing.assert_array_equal(global_params, before)  # the caller's array is not trained in place
     local = flat_params(trainer.model)
@@ -169,7 +169,7 @@ def test_a_local_round_returns_the_delta_and_leaves_the_global_params_untouched(
 
 
 def test_a_round_on_a_time_budget_runs_as_many_steps_as_the_time_allows():
-    sched = PoolSchedule(total_tokens=500 * 64, tokens_per_step=64)
+    sched = PoolSchedule(total_tokens=500 * 64)
     _, fast = _tiny_trainer(seed=1)
     msg = Broadcast(flat_params(fast.model), "fp16").full()
     assert fast.run_round(msg, 5, 0, 5 * 64, sched, budget_s=60.0).steps == 10  # faster than planned: up to 2x
@@ -190,7 +190,7 @@ def test_rounds_with_an_outer_step_lower_the_loss():
     _, b = _tiny_trainer(seed=2, codec="int8")
     params = flat_params(a.model)
     outer = OuterOptimizer(params.size, 0.7, 0.9)
-    sched = PoolSchedule(total_tokens=40 * 64, tokens_per_step=64)
+    sched = PoolSchedule(total_tokens=40 * 64)
     losses = []
     tokens = 0
     cast = Broadcast(params, "int8")

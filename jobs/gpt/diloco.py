@@ -54,12 +54,6 @@ class OuterOptimizer:
         self.buf += pseudo_grad
         return params - self.lr * (pseudo_grad + self.momentum * self.buf)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"lr": self.lr, "momentum": self.momentum, "buf": torch.from_numpy(self.buf.copy())}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.buf = state["buf"].numpy().astype(np.float32).copy()
-
 
 def average_deltas(deltas: list[tuple[np.ndarray, int]]) -> np.ndarray:
     """Token-weighted mean of (delta, tokens) pairs."""
@@ -82,7 +76,6 @@ class PoolSchedule:
     see `pool_lr_scale`)."""
 
     total_tokens: int
-    tokens_per_step: int
     lr_scale: float = 1.0
 
     def lr(self, tokens: float, cfg: GPTConfig) -> float:
