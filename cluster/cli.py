@@ -207,7 +207,8 @@ def worker():
 @click.option("--node-ip", default=None, help="This PC's address as the head sees it [default: detected].")
 @click.option("--poll-interval", type=float, default=5.0, show_default=True, help="Seconds between hardware polls.")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the agent's Ray node logs go [default: ~/.salvage/agent].")
+              help="Where the agent's Ray node logs and its last speed measurement (kept a day, "
+                   "so a restart rejoins faster) go [default: ~/.salvage/agent].")
 @click.option("--duty-cycle", type=float, default=1.0, show_default=True, metavar="F",
               help="Let work run at most this fraction of wall time (0.5: half the time), "
                    "so the PC stays cool and quiet for its owner.")

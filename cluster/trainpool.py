@@ -33,6 +33,7 @@ MIN_DEADLINE_S = 20.0
 NEW_WORKER_GRACE_S = 60.0  # how long a job's first round waits for its workers to start
 COMM_FRACTION = 0.10
 AUTO_MIN_STEPS = 4
+MEMBERS_POLL_S = 1.0  # during a round, how often to look for PCs that joined
 
 
 class PoolOptionError(ValueError):
@@ -354,7 +355,7 @@ class PoolRun:
                 msg_ref, sent[k] = ray.put(whole), whole.nbytes
             refs[k] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget)
         deadline = max(MIN_DEADLINE_S, 3 * expected)
-        ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=deadline)
+        ready = self.await_round(list(refs.values()), deadline)
         round_wall = time.monotonic() - t0
         deltas, losses, report = [], [], []
         compute_wall = 0.0
@@ -416,6 +417,20 @@ class PoolRun:
         self.jobs._log(self.job_id, "progress", progress)
         self.jobs.merge_progress(self.job_id, {k: progress[k] for k in ("round", "iter", "train_loss", "tokens_per_s",
                                                                          "workers")})
+
+    def await_round(self, refs: list, deadline_s: float) -> list:
+        """The round's finished results, by its deadline. Meanwhile PCs that joined
+        the cluster get their workers started, so a PC back from a power cut loads
+        while this round trains and takes part in the next one."""
+        import ray
+
+        end = time.monotonic() + deadline_s
+        while True:
+            left = end - time.monotonic()
+            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, min(left, MEMBERS_POLL_S)))
+            if not pending or left <= MEMBERS_POLL_S:
+                return ready
+            self.sync_members()
 
     # --- the job ---
     def _main(self) -> None:

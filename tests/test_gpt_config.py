@@ -12,6 +12,7 @@ def test_cpu_preset_is_nanogpt_cpu_recipe():
     assert (m.n_layer, m.n_head, m.n_embd, m.block_size, m.dropout, m.bias) == (4, 4, 128, 64, 0.0, False)
     assert (t.batch_size, t.max_iters, t.learning_rate, t.min_lr, t.lr_decay_iters, t.beta2) == (
         12, 2000, 1e-3, 1e-4, 2000, 0.99)
+    assert t.beta1 == 0.8  # not nanoGPT's 0.9: it ends lower at this budget (see the preset)
 
 
 def test_gpu_preset():

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -87,6 +88,7 @@ class Agent:
         self.state = "starting"
         self.last_poll: Poll | None = None
         self.speeds: dict[str, float] = {}
+        self.speed_age: float | None = None  # seconds, when the speeds are a kept measurement
         self.gpu_reader = GpuReader(open_nvml(config.simulate_gpus))
         self.host_info: HostInfo | None = None
         self.ray_node: RayNode | None = None
@@ -138,8 +140,11 @@ class Agent:
     def measure(self) -> None:
         info = self.host_info
         real_gpus = [] if info.simulated else [g.index for g in info.gpus]
+        # Same CPU, same GPUs, same Python (hence torch): the same speeds.
+        identity = {"cpu": info.cpu_model, "python": sys.executable,
+                    "gpus": [[g.index, g.name, g.uuid] for g in info.gpus if not info.simulated]}
         try:
-            speeds = benchmark.run_in_child(real_gpus)
+            speeds, self.speed_age = benchmark.measure_cached(real_gpus, identity, self.config.log_dir / "speed.json")
         except Exception as err:  # a broken torch must not stop a PC from joining
             info.notes.append(f"benchmark failed ({err}); speed unknown")
             speeds = {"cpu": 0.0}
@@ -249,7 +254,8 @@ class Agent:
             self.say(f"GPU {g.index}: {g.name}, {g.vram_bytes / 2**30:.1f} GiB, compute {g.compute_capability}")
         self.check_name_free()
         self.measure()
-        self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s")
+        kept = "" if self.speed_age is None else f" (kept from {self.speed_age / 60:.0f} min ago)"
+        self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s{kept}")
         self.poll()
         self.join_ray(cluster, first=True)
         self.say(f"joined as {info.name}; metrics on http://{self.metrics_addr}/metrics")

@@ -1,14 +1,20 @@
 """A short fp32 matmul FLOP-rate measurement per device.
 
 Run as a child process (`python -m workers.benchmark`), so the long-running
-agent never keeps torch (hundreds of MB) in its own memory.
+agent never keeps torch (hundreds of MB) in its own memory. The figures are
+kept on disk for a day, so a PC that restarts (a power cut, a reboot) rejoins
+without paying for importing torch and timing matmuls again.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+MAX_AGE_S = 24 * 3600.0  # a PC's speed changes slowly; the pool measures tokens/s every round anyway
 
 
 def measure(device: str, seconds: float = 0.5) -> float:
@@ -38,6 +44,26 @@ def run_in_child(gpu_indices: list[int], timeout: float = 120.0) -> dict[str, fl
     cmd = [sys.executable, "-m", "workers.benchmark", *map(str, gpu_indices)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_cached(gpu_indices: list[int], identity: dict, path: Path,
+                   max_age_s: float = MAX_AGE_S) -> tuple[dict[str, float], float | None]:
+    """The speeds of the last measurement of this same hardware (`identity`) if it
+    is younger than `max_age_s`, else a new measurement, which is then kept.
+    Returns (speeds, age in seconds of the kept figures, or None if just measured)."""
+    try:
+        kept = json.loads(path.read_text())
+        age = time.time() - kept["at"]
+        if kept["identity"] == identity and 0 <= age < max_age_s:
+            return {k: float(v) for k, v in kept["speeds"].items()}, age
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass  # none kept yet, or unreadable: measure
+    speeds = run_in_child(gpu_indices)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"identity": identity, "at": time.time(), "speeds": speeds}))
+    os.replace(tmp, path)  # several agents on one PC may write at once
+    return speeds, None
 
 
 def main(argv: list[str]) -> None:

