@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +29,9 @@ class TrainJobs:
         self.node_of_job: dict[int, str] = {}  # job id -> the Ray node it runs on
         self.dead_nodes: set[str] = set()  # Ray nodes that died under a job: never placed on again
         self.pools: dict[int, PoolRun] = {}  # multi-worker jobs, each driven by its own thread
+        # The head's loop and `train submit` both place queued jobs; one at a time,
+        # or both see the same queued job and start it twice.
+        self.placing = threading.Lock()
         self.root = coordinator.state.path / "jobs"
         self.root.mkdir(exist_ok=True)
         # A restarted head has no tasks in flight: what ran is run again from its checkpoint.
@@ -103,7 +107,8 @@ class TrainJobs:
         job_id = cur.lastrowid
         workers = "" if pool is None else f", workers {pool['workers'] or 'all'}"
         self._log(job_id, "log", f"submitted (preset {body.get('preset')}, data {data or 'default'}{workers})")
-        self.place()
+        with self.placing:
+            self.place()
         return {"job": job_id}
 
     def api_list(self, _body: dict) -> dict:
@@ -212,8 +217,9 @@ class TrainJobs:
 
     # --- the loop ---
     def step(self) -> None:
-        self.collect()
-        self.place()
+        with self.placing:
+            self.collect()
+            self.place()
 
     def collect(self) -> None:
         import ray
