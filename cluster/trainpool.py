@@ -344,7 +344,7 @@ class PoolRun:
         whole = None
         t0 = time.monotonic()
         change_ref = ray.put(change)
-        refs, sent = {}, {}
+        refs, sent, dispatched = {}, {}, {}
         for k, n in steps.items():
             m = self.members[k]
             if m.has_copy:
@@ -353,6 +353,7 @@ class PoolRun:
                 if whole is None:
                     whole = self.broadcast.full()
                 msg_ref, sent[k] = ray.put(whole), whole.nbytes
+            dispatched[k] = m
             refs[k] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget)
         deadline = max(MIN_DEADLINE_S, 3 * expected)
         ready = self.await_round(list(refs.values()), deadline)
@@ -360,9 +361,9 @@ class PoolRun:
         deltas, losses, report = [], [], []
         compute_wall = 0.0
         for key, r in refs.items():
-            m = self.members.get(key)
-            if m is None:
-                continue
+            m = dispatched[key]
+            if self.members.get(key) is not m:
+                continue  # left during the round (a PC back under its old name is a new member)
             if r not in ready:
                 self.drop(key, f"missed round {self.state.round + 1}'s deadline ({deadline:.0f} s)")
                 continue
