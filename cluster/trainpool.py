@@ -5,7 +5,8 @@ job's `workers`), plan each one's local steps from its measured speed and give
 all of them the same time to train, send the global parameters out once through
 Ray's object store, gather the compressed deltas until the round's deadline,
 average them by tokens and take the outer step. Workers that die or miss the
-deadline are left out of that round; new PCs join at the next round boundary.
+deadline are left out of that round; new PCs load while a round trains and
+join at the next round boundary.
 The head holds only numpy arrays; the maths of both steps is in jobs.gpt.diloco.
 """
 from __future__ import annotations

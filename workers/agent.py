@@ -88,7 +88,6 @@ class Agent:
         self.state = "starting"
         self.last_poll: Poll | None = None
         self.speeds: dict[str, float] = {}
-        self.speed_age: float | None = None  # seconds, when the speeds are a kept measurement
         self.gpu_reader = GpuReader(open_nvml(config.simulate_gpus))
         self.host_info: HostInfo | None = None
         self.ray_node: RayNode | None = None
@@ -137,17 +136,18 @@ class Agent:
         self.host_info = info
         return info
 
-    def measure(self) -> None:
+    def measure(self) -> float | None:
+        """Sets this PC's speeds; returns the age in seconds of kept figures, None if measured now."""
         info = self.host_info
         real_gpus = [] if info.simulated else [g.index for g in info.gpus]
         # Same CPU, same GPUs, same Python (hence torch): the same speeds.
         identity = {"cpu": info.cpu_model, "python": sys.executable,
                     "gpus": [[g.index, g.name, g.uuid] for g in info.gpus if not info.simulated]}
         try:
-            speeds, self.speed_age = benchmark.measure_cached(real_gpus, identity, self.config.log_dir / "speed.json")
+            speeds, age = benchmark.measure_cached(real_gpus, identity, self.config.log_dir / "speed.json")
         except Exception as err:  # a broken torch must not stop a PC from joining
             info.notes.append(f"benchmark failed ({err}); speed unknown")
-            speeds = {"cpu": 0.0}
+            speeds, age = {"cpu": 0.0}, None
         info.cpu_gflops = speeds["cpu"] * info.cpu_cores
         for gpu in info.gpus:
             if info.simulated:
@@ -159,6 +159,7 @@ class Agent:
                 gpu.speed_gflops = speeds.get(f"gpu{gpu.index}")
         self.speeds = {"cpu": info.cpu_gflops or 0.0}
         self.speeds.update({f"gpu{g.index}": g.speed_gflops or 0.0 for g in info.gpus})
+        return age
 
     def check_name_free(self) -> None:
         try:
@@ -253,8 +254,8 @@ class Agent:
         for g in info.gpus:
             self.say(f"GPU {g.index}: {g.name}, {g.vram_bytes / 2**30:.1f} GiB, compute {g.compute_capability}")
         self.check_name_free()
-        self.measure()
-        kept = "" if self.speed_age is None else f" (kept from {self.speed_age / 60:.0f} min ago)"
+        age = self.measure()
+        kept = "" if age is None else f" (kept from {age / 60:.0f} min ago)"
         self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s{kept}")
         self.poll()
         self.join_ray(cluster, first=True)
