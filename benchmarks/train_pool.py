@@ -1,7 +1,8 @@
 """Training across an uneven pool: efficiency, speedup over the fastest member,
 the traffic/speed frontier, Ray Train's DDP as the peer, and churn.
 
-    python benchmarks/train_pool.py [--quick] [--sync 17,42,88] [--factor 1.2,1.3,1.5] [--skip-peer] [--skip-churn]
+    python benchmarks/train_pool.py [--quick] [--sync 17,42,88] [--factor 1.2,1.3,1.5] [--skip-peer]
+                                    [--churn worker,power|none]
 
 The pool: a loopback cluster (`salvage cluster up`) and four `salvage worker join`
 PCs, CPU-only with one core each, at `--duty-cycle` 1, 1/2, 1/4 and 1/8: speeds
@@ -9,8 +10,13 @@ PCs, CPU-only with one core each, at `--duty-cycle` 1, 1/2, 1/4 and 1/8: speeds
 (`salvage train submit --workers ...`), with the CPU preset on Tiny Shakespeare.
 
 Measured, in this order, in one run:
-  solo speeds  each PC alone (a one-worker job pinned to it): tokens/s over its
-               rounds after the first.
+  solo speeds  each PC training alone (a one-worker job pinned to it): tokens/s over
+               its rounds after the first. The four solo jobs run at the same time,
+               as four separate PCs would: on this box the simulated PCs share two
+               cores, so a PC timed while the others idle runs faster than it ever
+               can beside them, which real PCs do not do to each other. eta is
+               measured against these; `eta_vs_alone` against each PC timed alone
+               on an otherwise idle box (one after another).
   T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
                steps, outer step = plain replacement, fp32). L* is its final val
                loss, T1 its wall time to reach L*.
@@ -19,8 +25,11 @@ Measured, in this order, in one run:
   peer         Ray Train TorchTrainer, DDP over gloo, batch 12 per worker on the
                same four PCs, same duty cycles, the preset's schedule over its
                1,536,000 tokens (stopped after --peer-cap x T1 of training).
-  churn        the best LAN setting again, while a random PC is powered off (its
-               whole process tree killed) in 30% of rounds and rejoins two rounds later.
+  churn        the best LAN setting again, while in 30% of rounds a random training
+               worker is killed (`churn_speedup`: its process; the pool starts a new
+               one on the same PC) or its whole PC loses power and restarts two rounds
+               later (`churn_power_speedup`). `rounds_out`: how many rounds each lost
+               PC did not train.
 
 Times are wall time from the start of a job's first round (workers' start-up left
 out, for the solo run the same way); what happens between rounds is included. Validation loss is measured
@@ -34,7 +43,7 @@ compressed delta up and the compressed change of the global parameters down,
 every round, plus the whole fp32 parameters for each worker that joins late.
 
 The LAST line printed is a JSON object with eta, frontier, speedup, speedup_at_400,
-peer_eta, peer_speedup, churn_speedup and the raw figures behind them.
+peer_eta, peer_speedup, churn_speedup, churn_power_speedup and the raw figures behind them.
 """
 
 from __future__ import annotations
@@ -158,16 +167,23 @@ class Bench:
                            "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}",
                            *extra)
 
-    def solo_speeds(self) -> dict[str, float]:
-        """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
+    def solo_speeds(self, together: bool) -> dict[str, float]:
+        """Each PC training by itself, in a one-worker job pinned to it. `together`:
+        the four jobs run at once, as four separate PCs would; otherwise one after
+        another, each PC alone on the box. Steps scale with duty so that the four
+        concurrent jobs train over the same stretch of time."""
+        if together:
+            steps = {name: max(20, int(400 * duty)) for name, duty in POOL.items()}
+            jobs = {name: self.solo_job(name, n, 10) for name, n in steps.items()}
+            return overlap_rates({name: self.wait(job) for name, job in jobs.items()})
         steps = {name: max(10, int(150 * duty)) for name, duty in POOL.items()}
         return {name: steady_rate(self.wait(self.solo_job(name, n, 5))) for name, n in steps.items()}
 
-    def pool_run(self, sync: int, factor: float, codec: str, churn: bool = False) -> dict:
+    def pool_run(self, sync: int, factor: float, codec: str, churn: str = "") -> dict:
         job = self.submit("--workers", "all", "--sync-steps", str(sync), "--codec", codec,
                           "--pool-set", "keep_history=true", "--pool-set", f"token_factor={factor}",
                           "--pool-set", "checkpoint_rounds=1000")
-        killer = Churn(self) if churn else None
+        killer = Churn(self, churn) if churn else None
         rounds = self.wait(job, on_round=killer.on_round if killer else None)
         if killer:
             killer.finish()
@@ -175,39 +191,53 @@ class Bench:
 
 
 class Churn:
-    """In 30% of rounds a random PC that is training loses power (its whole process
-    tree is killed); two rounds later it comes back, as a new agent under a new name
-    (the head would refuse its old name until it has noticed the loss, 20 s later).
-    A PC still starting up after its last power cut is not a worker yet, so it is not
-    picked: killing it again would measure start-up loops, not a pool losing workers."""
+    """In 30% of rounds a random PC that is training loses its worker, in one of two ways.
 
-    def __init__(self, bench: Bench, rate: float = 0.3, seed: int = 7):
+    worker  the training worker's process is killed (a crash, the OOM killer, the
+            owner ending it). The PC, its agent and its Ray node stay; the pool starts
+            a new worker there when it sees the loss, and that one rejoins once loaded.
+    power   the PC loses power: its whole process tree is killed, and two rounds later
+            it comes back as a new agent under a new name (the head would refuse its old
+            name until it has noticed the loss, 20 s later). It trains again once its
+            agent, Ray node and worker have started.
+
+    A PC that is not training (still coming back from its last loss) is not picked:
+    killing it again would measure start-up loops, not a pool losing workers."""
+
+    def __init__(self, bench: Bench, mode: str, rate: float = 0.3, seed: int = 7):
         self.bench = bench
+        self.mode = mode
         self.rate = rate
         self.rng = random.Random(seed)
         self.alive = {name: name for name in POOL}  # PC -> its current agent name
-        self.down: dict[str, int] = {}  # PC -> the round it went down
+        self.down: dict[str, int] = {}  # PC -> the round after which it lost power
+        self.out: set[str] = set()  # PCs lost and not seen training since
         self.kills = 0
-        self.log: list[tuple[int, str]] = []  # (round, PC) of every power cut
+        self.log: list[tuple[int, str]] = []  # (last round seen before the loss, PC)
         self.last = 0
 
     def on_round(self, record: dict) -> None:
         round_no = record["round"]
         training = {w["worker"].split("/")[0] for w in record["workers"]}
+        self.out -= {pc for pc in self.out if self.alive[pc] in training and pc not in self.down}
         for r in range(self.last + 1, round_no + 1):
             for pc, when in list(self.down.items()):
                 if r >= when + 2:
-                    self.kills_back(pc)
-            up = [pc for pc in POOL if pc not in self.down and self.alive[pc] in training]
+                    self.power_on(pc)
+            up = [pc for pc in POOL if pc not in self.out and self.alive[pc] in training]
             if len(up) > 1 and self.rng.random() < self.rate:
                 pc = self.rng.choice(up)
-                self.bench.cluster.stop_agent(self.alive[pc], signal.SIGKILL)
-                self.down[pc] = r
+                if self.mode == "power":
+                    self.bench.cluster.stop_agent(self.alive[pc], signal.SIGKILL)
+                    self.down[pc] = r
+                else:
+                    self.bench.cluster.kill_training_worker(self.alive[pc])
+                self.out.add(pc)
                 self.kills += 1
                 self.log.append((r, pc))
         self.last = round_no
 
-    def kills_back(self, pc: str) -> None:
+    def power_on(self, pc: str) -> None:
         name = f"{pc}-{self.kills}"
         self.bench.join(pc, as_name=name)
         self.alive[pc] = name
@@ -215,9 +245,21 @@ class Churn:
 
     def finish(self) -> None:
         for pc in list(self.down):
-            self.kills_back(pc)
-        for name in self.alive.values():  # the peer that follows needs all four PCs
+            self.power_on(pc)
+        for name in self.alive.values():  # the runs that follow need all four PCs
             self.bench.cluster.wait_state(name, "alive", timeout=120)
+
+
+def rounds_out(rounds: list[dict], kills: list[tuple[int, str]]) -> list[int]:
+    """For each loss: the rounds its PC did not train, from the round it was lost in
+    to the first it trained in again (a run that ended first counts up to its end)."""
+    trained = {r["round"]: {w["worker"].split("/")[0].split("-")[0] for w in r["workers"]} for r in rounds}
+    last = rounds[-1]["round"]
+    out = []
+    for seen, pc in kills:
+        back = next((n for n in range(seen + 2, last + 1) if pc in trained.get(n, ())), last + 1)
+        out.append(back - (seen + 1))
+    return out
 
 
 def peer_run(bench: Bench, t1: float, target: float, cap_factor: float) -> dict:
@@ -327,6 +369,21 @@ def steady_rate(rounds: list[dict]) -> float:
     return tokens / sum(r["round_s"] for r in rounds[1:])
 
 
+def overlap_rates(runs: dict[str, list[dict]]) -> dict[str, float]:
+    """Each run's tokens/s over its rounds that lie wholly inside the time when every
+    run was past its first round and none had finished: jobs that start or end at
+    different moments must not count time they trained with the box to themselves."""
+    start = max(rounds[1]["t_wall"] - rounds[1]["round_s"] for rounds in runs.values())
+    end = min(rounds[-1]["t_wall"] for rounds in runs.values())
+    out = {}
+    for name, rounds in runs.items():
+        inside = [(p, r) for p, r in zip(rounds, rounds[1:]) if r["t_wall"] - r["round_s"] >= start and r["t_wall"] <= end]
+        if not inside:
+            raise SystemExit(f"solo run of {name} had no round while all four trained together")
+        out[name] = sum(r["tokens"] - p["tokens"] for p, r in inside) / sum(r["round_s"] for _, r in inside)
+    return out
+
+
 def _kv(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     for kind in (int, float):
@@ -346,7 +403,8 @@ def main() -> int:
                     help="Token budget of each frontier run, as a multiple of the preset's (one per --sync).")
     ap.add_argument("--codec", default="fp16,int8,int4", help="Codec of each frontier run.")
     ap.add_argument("--skip-peer", action="store_true")
-    ap.add_argument("--skip-churn", action="store_true")
+    ap.add_argument("--churn", default="worker,power",
+                    help="Churn runs: worker (its process is killed), power (the whole PC), or none.")
     ap.add_argument("--peer-cap", type=float, default=1.5, help="Stop the peer after this many T1 of training.")
     args = ap.parse_args()
     syncs = [int(s) for s in args.sync.split(",")]
@@ -354,6 +412,9 @@ def main() -> int:
     codecs = args.codec.split(",")
     if not (len(syncs) == len(factors) == len(codecs)):
         raise SystemExit("--sync, --factor and --codec need one value per frontier entry")
+    churns = [m for m in args.churn.split(",") if m != "none"]
+    if set(churns) - {"worker", "power"}:
+        raise SystemExit(f"--churn: expected worker, power or none, got {args.churn!r}")
     sets = QUICK if args.quick else []
     state = Path(tempfile.mkdtemp(prefix="salvage-bench-pool-"))
     bench = Bench(state, sets)
@@ -361,11 +422,14 @@ def main() -> int:
     bench.start()
     try:
         iters = bench.cfg.train.max_iters
-        solo = bench.solo_speeds()
+        solo = bench.solo_speeds(together=True)
+        alone = bench.solo_speeds(together=False)
         for name, duty in POOL.items():
-            say(f"solo {name} (duty {duty}): {solo[name]:.0f} tokens/s")
+            say(f"solo {name} (duty {duty}): {solo[name]:.0f} tokens/s beside the others, "
+                f"{alone[name]:.0f} alone on the box")
         out["solo_tokens_per_s"] = {k: round(v) for k, v in solo.items()}
-        sum_solo = sum(solo.values())
+        out["solo_alone_tokens_per_s"] = {k: round(v) for k, v in alone.items()}
+        sum_solo, sum_alone = sum(solo.values()), sum(alone.values())
 
         job = bench.solo_job("w1", iters, 20, "--pool-set", "keep_history=true")
         rounds = bench.wait(job)
@@ -387,29 +451,35 @@ def main() -> int:
             entry = {"sync_steps": sync, "codec": codec, "token_factor": factor, "rounds": len(rs),
                      "bytes_ratio": round(ratio, 1), "speedup": round(t1 / reach, 3) if reach else 0.0,
                      "reached": reach is not None, "final_val": round(final, 4), "eta": round(eta, 3),
-                     "tokens_per_s": round(rate)}
+                     "eta_vs_alone": round(rate / sum_alone, 3), "tokens_per_s": round(rate)}
             frontier.append(entry)
             say(f"pool sync {sync} ({codec}, {factor}x tokens): {entry}")
         out["frontier"] = frontier
         lan = [e for e in frontier if e["bytes_ratio"] >= 20]
         best = max(lan, key=lambda e: e["speedup"]) if lan else frontier[0]
         out["eta"] = best["eta"]  # the efficiency of the setting that gives `speedup`
+        out["eta_vs_alone"] = best["eta_vs_alone"]
         out["speedup"] = best["speedup"] if lan else 0.0
         out["speedup_at_400"] = max((e["speedup"] for e in frontier if e["bytes_ratio"] >= 400), default=0.0)
 
         if not args.skip_peer:
             peer = peer_run(bench, t1, l_star, args.peer_cap)
             out["peer_eta"] = round(peer["tokens_per_s"] / sum_solo, 3)
+            out["peer_eta_vs_alone"] = round(peer["tokens_per_s"] / sum_alone, 3)
             out["peer_speedup"] = round(peer["speedup"], 3) if peer["speedup"] else None
             out["peer"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in peer.items()}
             say(f"peer (Ray Train DDP): {out['peer']}")
-        if not args.skip_churn:
-            run = bench.pool_run(best["sync_steps"], best["token_factor"], best["codec"], churn=True)
+        for mode in churns:
+            run = bench.pool_run(best["sync_steps"], best["token_factor"], best["codec"], churn=mode)
             reach, final = bench.time_to(run["job"], run["rounds"], l_star)
-            out["churn_speedup"] = round(t1 / reach, 3) if reach else 0.0
-            out["churn"] = {"sync_steps": best["sync_steps"], "final_val": round(final, 4), "kills": run["kills"],
-                            "rounds": len(run["rounds"]), "reached": reach is not None}
-            say(f"churn: {out['churn']} speedup {out['churn_speedup']}")
+            key = "churn_speedup" if mode == "worker" else f"churn_{mode}_speedup"
+            out[key] = round(t1 / reach, 3) if reach else 0.0
+            lost = rounds_out(run["rounds"], run["kills"])
+            out[f"churn_{mode}"] = {"sync_steps": best["sync_steps"], "final_val": round(final, 4),
+                                    "kills": run["kills"], "rounds": len(run["rounds"]), "reached": reach is not None,
+                                    "rounds_out": lost, "mean_rounds_out": round(float(np.mean(lost)), 2)
+                                    if lost else None}
+            say(f"churn ({mode}): {out[f'churn_{mode}']} speedup {out[key]}")
 
     finally:
         bench.cluster.down()

@@ -240,16 +240,18 @@ class PoolRun:
                                        speed=self.state.speeds.get(key),
                                        starting=actor.info.remote())
 
-    def admit(self, wait_s: float) -> None:
-        """Let workers that have finished starting into the next round. A new PC
-        loads its data and builds its model while the others train, so its start
-        never holds a round up; `wait_s` waits for the starting ones (job start)."""
+    def admit(self, wait_s: float, when: str = "") -> list[Member]:
+        """Let workers that have finished starting into the next round (`when` says
+        which, if not that); returns them. A new PC loads its data and builds its model
+        while the others train, so its start never holds a round up; `wait_s` waits
+        for the starting ones (job start)."""
         import ray
 
         starting = {m.starting: m for m in self.members.values() if m.info is None}
         if not starting:
-            return
+            return []
         ready, _ = ray.wait(list(starting), num_returns=len(starting), timeout=wait_s)
+        admitted = []
         for ref in ready:
             m = starting[ref]
             try:
@@ -260,8 +262,10 @@ class PoolRun:
             # Before the first outer step every worker holds the seeded initial model.
             m.has_copy = self.fresh and self.state.round == 0
             device = "CPU" if m.gpu is None else f"GPU {m.gpu}"
-            self.log(f"worker {m.key} joins at round {self.state.round + 1} ({device}: {m.info['device']}, "
-                     f"{m.gflops:.0f} GFLOP/s)")
+            self.log(f"worker {m.key} joins {when or f'at round {self.state.round + 1}'} ({device}: "
+                     f"{m.info['device']}, {m.gflops:.0f} GFLOP/s)")
+            admitted.append(m)
+        return admitted
 
     def ready(self) -> dict[str, Member]:
         return {k: m for k, m in self.members.items() if m.info is not None}
@@ -279,22 +283,27 @@ class PoolRun:
         self.log(f"worker {key} left out: {why}")
 
     # --- rounds ---
-    def plan(self) -> dict[str, int]:
-        from jobs.gpt.diloco import plan_steps
-
+    def estimate_speeds(self) -> tuple[dict[str, float], bool]:
+        """Tokens/s of every ready worker, and whether they are real tokens/s: a worker
+        not yet measured is assumed as fast per GFLOP/s as the measured ones, and
+        before anything is measured the "speeds" are GFLOP/s, right only in ratio."""
         members = self.ready()
-        known = {k: m.speed for k, m in members.items() if m.speed}
-        # A worker not yet measured is assumed as fast per GFLOP/s as the measured ones.
         per_gflop = [m.speed / m.gflops for m in members.values() if m.speed and m.gflops > 0]
         ratio = float(np.median(per_gflop)) if per_gflop else None
         speeds = {}
         for k, m in members.items():
-            if k in known:
-                speeds[k] = known[k]
+            if m.speed:
+                speeds[k] = m.speed
             elif ratio is not None and m.gflops > 0:
                 speeds[k] = ratio * m.gflops
             else:
                 speeds[k] = max(m.gflops, 1e-3)
+        return speeds, ratio is not None or all(m.speed for m in members.values())
+
+    def plan(self) -> dict[str, int]:
+        from jobs.gpt.diloco import plan_steps
+
+        speeds, self.timed = self.estimate_speeds()
         fastest = self.fastest_steps(max(speeds.values()))
         steps = plan_steps(speeds, fastest)
         # The last round ends on the token budget.
@@ -303,8 +312,6 @@ class PoolRun:
         if self.last_round:
             steps = plan_steps(speeds, max(1, math.ceil(fastest * remaining / sum(steps.values()))))
         self.planned_speeds = speeds
-        # Before anything was measured, speeds are GFLOP/s: right in ratio, not in time.
-        self.timed = ratio is not None or len(known) == len(members)
         return steps
 
     def fastest_steps(self, top_speed: float) -> int:
@@ -342,37 +349,40 @@ class PoolRun:
         # run the planned steps.
         expected = max(steps[k] * self.tokens_per_step / self.planned_speeds[k] for k in steps)
         budget = expected if self.timed and not self.last_round else None
-        whole = None
         t0 = time.monotonic()
         change_ref = ray.put(change)
+        whole = whole_ref = None
         refs, sent, dispatched = {}, {}, {}
-        for k, n in steps.items():
-            m = self.members[k]
+
+        def send(m: Member, n: int, budget_s: float | None) -> None:
+            nonlocal whole, whole_ref
             if m.has_copy:
-                msg_ref, sent[k] = change_ref, change.nbytes
+                msg_ref, sent[m.key] = change_ref, change.nbytes
             else:  # a new worker gets the parameters whole, once
                 if whole is None:
                     whole = self.broadcast.full()
-                msg_ref, sent[k] = ray.put(whole), whole.nbytes
-            dispatched[k] = m
-            refs[k] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget)
+                    whole_ref = ray.put(whole)
+                msg_ref, sent[m.key] = whole_ref, whole.nbytes
+            dispatched[m.key] = m
+            refs[m.key] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget_s)
+
+        for k, n in steps.items():
+            send(self.members[k], n, budget)
         deadline = max(MIN_DEADLINE_S, 3 * expected)
-        ready = self.await_round(list(refs.values()), deadline)
+        # A worker that finishes loading while a timed round trains joins it for the time left.
+        join = (lambda: self.join_late(dispatched, send, t0 + expected)) if budget is not None else None
+        results = self.await_round(refs, dispatched, deadline, join)
         round_wall = time.monotonic() - t0
         deltas, losses, report = [], [], []
         compute_wall = 0.0
         for key, r in refs.items():
             m = dispatched[key]
             if self.members.get(key) is not m:
-                continue  # left during the round (a PC back under its old name is a new member)
-            if r not in ready:
+                continue  # left during the round (died, or a PC back under its old name is a new member)
+            if r not in results:
                 self.drop(key, f"missed round {self.state.round + 1}'s deadline ({deadline:.0f} s)")
                 continue
-            try:
-                codec, data, scales, size, tokens, n, wall_s, fetch_s, loss, sampler = ray.get(r)
-            except ray.exceptions.RayError as err:
-                self.drop(key, f"died in round {self.state.round + 1} ({type(err).__name__})")
-                continue
+            codec, data, scales, size, tokens, n, wall_s, fetch_s, loss, sampler = results[r]
             packed = Packed(codec, data, scales, size)
             m.has_copy = True
             if not math.isfinite(loss):
@@ -420,19 +430,48 @@ class PoolRun:
         self.jobs.merge_progress(self.job_id, {k: progress[k] for k in ("round", "iter", "train_loss", "tokens_per_s",
                                                                          "workers")})
 
-    def await_round(self, refs: list, deadline_s: float) -> list:
-        """The round's finished results, by its deadline. Meanwhile PCs that joined
-        the cluster get their workers started, so a PC back from a power cut loads
-        while this round trains and takes part in the next one."""
+    def await_round(self, refs: dict, dispatched: dict, deadline_s: float, join=None) -> dict:
+        """The round's results (ref -> value) that came by its deadline. A worker that
+        dies is dropped at once, and meanwhile PCs that joined or lost their worker get
+        one started, so it loads while this round trains; `join` lets the ready ones in."""
         import ray
 
         end = time.monotonic() + deadline_s
+        results, failed = {}, set()
         while True:
             left = end - time.monotonic()
-            ready, pending = ray.wait(refs, num_returns=len(refs), timeout=max(0.0, min(left, MEMBERS_POLL_S)))
+            key_of = {r: k for k, r in refs.items() if r not in results and r not in failed}
+            if not key_of:
+                return results
+            ready, pending = ray.wait(list(key_of), num_returns=len(key_of),
+                                      timeout=max(0.0, min(left, MEMBERS_POLL_S)))
+            for ref in ready:
+                key = key_of[ref]
+                try:
+                    results[ref] = ray.get(ref)
+                except ray.exceptions.RayError as err:
+                    failed.add(ref)
+                    if self.members.get(key) is dispatched[key]:
+                        self.drop(key, f"died in round {self.state.round + 1} ({type(err).__name__})")
             if not pending or left <= MEMBERS_POLL_S:
-                return ready
+                return results
             self.sync_members()
+            if join is not None:
+                join()
+
+    def join_late(self, dispatched: dict, send, round_end: float) -> None:
+        """Workers that finished loading during the round join it with the steps that
+        fit in the time it has left, rather than idling until the next one."""
+        left = round_end - time.monotonic()
+        if left <= 0 or not any(m.info is None for m in self.members.values()):
+            return
+        round_no = self.state.round + 1
+        for m in self.admit(wait_s=0.0, when=f"round {round_no} mid-way ({left:.1f} s left)"):
+            n = int(left * self.estimate_speeds()[0][m.key] / self.tokens_per_step)
+            if n >= 1:
+                send(m, n, left)
+            else:
+                self.log(f"worker {m.key}: too little of round {round_no} left; it trains from round {round_no + 1}")
 
     # --- the job ---
     def _main(self) -> None:

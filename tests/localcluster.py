@@ -65,6 +65,19 @@ class LocalCluster:
     def agent_log(self, name: str) -> str:
         return (self.state_dir / f"agent-{name}.log").read_text(errors="replace")
 
+    def kill_training_worker(self, name: str) -> int:
+        """SIGKILL the pool training worker process(es) on this PC (a crash, the OOM
+        killer); its agent and Ray node stay. Returns how many were killed."""
+        killed = 0
+        for proc in psutil.Process(self.agents[name].pid).children(recursive=True):
+            try:
+                if "PoolWorker" in " ".join(proc.cmdline()):
+                    proc.kill()
+                    killed += 1
+            except psutil.NoSuchProcess:
+                pass
+        return killed
+
     def stop_agent(self, name: str, sig: int = signal.SIGTERM) -> int | None:
         proc = self.agents.pop(name)
         if proc.poll() is None:

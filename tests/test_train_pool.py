@@ -124,6 +124,24 @@ def test_a_pc_that_dies_mid_round_is_left_out_and_the_job_goes_on(pool):
     assert after[-1]["loss"] < after[0]["loss"], text
 
 
+def test_a_killed_worker_is_replaced_on_its_pc_and_rejoins_the_round_it_died_in(pool):
+    # Rounds of 1500 steps on the fastest PC, some seconds: a new worker loads well inside one.
+    job = submit(pool, 50_000, "--sync-steps", "1500")
+    wait_round(pool, job, 2)  # measured speeds: from now on rounds run on a time budget
+    assert pool.kill_training_worker("b") == 1  # a crash: the PC, its agent and Ray node stay
+    pool.wait_for(lambda: re.search(r"worker b/cpu joins round \d+ mid-way", logs(pool, job)), 120,
+                  "a new worker on b to join mid-round")
+    salvage("train", "stop", "--state-dir", str(pool.state_dir), str(job))
+    wait_job(pool, job)
+    text = logs(pool, job)
+    died = int(re.search(r"worker b/cpu left out: died in round (\d+)", text)[1])
+    back = int(re.search(r"worker b/cpu joins round (\d+) mid-way", text)[1])
+    assert back == died, text
+    by_round = {r["round"]: r for r in rounds(text)}
+    steps = by_round[back]["workers"]
+    assert 0 < steps["b/cpu"][0] < steps["a/cpu"][0], text  # its steps count, for the time it had
+
+
 def test_a_head_restart_resumes_the_job_from_its_checkpoint(pool):
     job = submit(pool, 3000, "--sync-steps", "8", "--pool-set", "checkpoint_rounds=2")
     wait_round(pool, job, 5)
