@@ -10,13 +10,8 @@ PCs, CPU-only with one core each, at `--duty-cycle` 1, 1/2, 1/4 and 1/8: speeds
 (`salvage train submit --workers ...`), with the CPU preset on Tiny Shakespeare.
 
 Measured, in this order, in one run:
-  solo speeds  each PC training alone (a one-worker job pinned to it): tokens/s over
-               its rounds after the first. The four solo jobs run at the same time,
-               as four separate PCs would: on this box the simulated PCs share two
-               cores, so a PC timed while the others idle runs faster than it ever
-               can beside them, which real PCs do not do to each other. eta is
-               measured against these; `eta_vs_alone` against each PC timed alone
-               on an otherwise idle box (one after another).
+  solo speeds  each PC alone (a one-worker job pinned to it): tokens/s over its
+               rounds after the first.
   T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
                steps, outer step = plain replacement, fp32). L* is its final val
                loss, T1 its wall time to reach L*.
@@ -167,15 +162,8 @@ class Bench:
                            "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}",
                            *extra)
 
-    def solo_speeds(self, together: bool) -> dict[str, float]:
-        """Each PC training by itself, in a one-worker job pinned to it. `together`:
-        the four jobs run at once, as four separate PCs would; otherwise one after
-        another, each PC alone on the box. Steps scale with duty so that the four
-        concurrent jobs train over the same stretch of time."""
-        if together:
-            steps = {name: max(20, int(400 * duty)) for name, duty in POOL.items()}
-            jobs = {name: self.solo_job(name, n, 10) for name, n in steps.items()}
-            return overlap_rates({name: self.wait(job) for name, job in jobs.items()})
+    def solo_speeds(self) -> dict[str, float]:
+        """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
         steps = {name: max(10, int(150 * duty)) for name, duty in POOL.items()}
         return {name: steady_rate(self.wait(self.solo_job(name, n, 5))) for name, n in steps.items()}
 
@@ -369,21 +357,6 @@ def steady_rate(rounds: list[dict]) -> float:
     return tokens / sum(r["round_s"] for r in rounds[1:])
 
 
-def overlap_rates(runs: dict[str, list[dict]]) -> dict[str, float]:
-    """Each run's tokens/s over its rounds that lie wholly inside the time when every
-    run was past its first round and none had finished: jobs that start or end at
-    different moments must not count time they trained with the box to themselves."""
-    start = max(rounds[1]["t_wall"] - rounds[1]["round_s"] for rounds in runs.values())
-    end = min(rounds[-1]["t_wall"] for rounds in runs.values())
-    out = {}
-    for name, rounds in runs.items():
-        inside = [(p, r) for p, r in zip(rounds, rounds[1:]) if r["t_wall"] - r["round_s"] >= start and r["t_wall"] <= end]
-        if not inside:
-            raise SystemExit(f"solo run of {name} had no round while all four trained together")
-        out[name] = sum(r["tokens"] - p["tokens"] for p, r in inside) / sum(r["round_s"] for _, r in inside)
-    return out
-
-
 def _kv(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     for kind in (int, float):
@@ -422,14 +395,11 @@ def main() -> int:
     bench.start()
     try:
         iters = bench.cfg.train.max_iters
-        solo = bench.solo_speeds(together=True)
-        alone = bench.solo_speeds(together=False)
+        solo = bench.solo_speeds()
         for name, duty in POOL.items():
-            say(f"solo {name} (duty {duty}): {solo[name]:.0f} tokens/s beside the others, "
-                f"{alone[name]:.0f} alone on the box")
+            say(f"solo {name} (duty {duty}): {solo[name]:.0f} tokens/s")
         out["solo_tokens_per_s"] = {k: round(v) for k, v in solo.items()}
-        out["solo_alone_tokens_per_s"] = {k: round(v) for k, v in alone.items()}
-        sum_solo, sum_alone = sum(solo.values()), sum(alone.values())
+        sum_solo = sum(solo.values())
 
         job = bench.solo_job("w1", iters, 20, "--pool-set", "keep_history=true")
         rounds = bench.wait(job)
@@ -451,21 +421,19 @@ def main() -> int:
             entry = {"sync_steps": sync, "codec": codec, "token_factor": factor, "rounds": len(rs),
                      "bytes_ratio": round(ratio, 1), "speedup": round(t1 / reach, 3) if reach else 0.0,
                      "reached": reach is not None, "final_val": round(final, 4), "eta": round(eta, 3),
-                     "eta_vs_alone": round(rate / sum_alone, 3), "tokens_per_s": round(rate)}
+                     "tokens_per_s": round(rate)}
             frontier.append(entry)
             say(f"pool sync {sync} ({codec}, {factor}x tokens): {entry}")
         out["frontier"] = frontier
         lan = [e for e in frontier if e["bytes_ratio"] >= 20]
         best = max(lan, key=lambda e: e["speedup"]) if lan else frontier[0]
         out["eta"] = best["eta"]  # the efficiency of the setting that gives `speedup`
-        out["eta_vs_alone"] = best["eta_vs_alone"]
         out["speedup"] = best["speedup"] if lan else 0.0
         out["speedup_at_400"] = max((e["speedup"] for e in frontier if e["bytes_ratio"] >= 400), default=0.0)
 
         if not args.skip_peer:
             peer = peer_run(bench, t1, l_star, args.peer_cap)
             out["peer_eta"] = round(peer["tokens_per_s"] / sum_solo, 3)
-            out["peer_eta_vs_alone"] = round(peer["tokens_per_s"] / sum_alone, 3)
             out["peer_speedup"] = round(peer["speedup"], 3) if peer["speedup"] else None
             out["peer"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in peer.items()}
             say(f"peer (Ray Train DDP): {out['peer']}")

@@ -35,7 +35,7 @@ class PoolWorker:
         return flat_params(self.trainer.model)
 
     def run_round(self, message_box: list, steps: int, start_tokens: float, round_tokens: float, schedule,
-                  budget_s: float | None) -> tuple:
+                  budget_s: float | None, overrun_cost: float = 1.0) -> tuple:
         """Returns (codec, data, scales, size, tokens, steps, wall_s, fetch_s, loss, sampler_state).
 
         The round's parameters (whole, or as a change to the last ones) come boxed in
@@ -47,7 +47,7 @@ class PoolWorker:
         fetch_s = time.perf_counter() - t0
         if self.trainer.throttle is not None:
             self.trainer.throttle.start()
-        r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s)
+        r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s, overrun_cost)
         d = r.delta
         return (d.codec, d.data, d.scales, d.size, r.tokens, r.steps, time.perf_counter() - t0, fetch_s,
                 r.loss, r.sampler_state)

@@ -5,8 +5,8 @@ job's `workers`), plan each one's local steps from its measured speed and give
 all of them the same time to train, send the global parameters out once through
 Ray's object store, gather the compressed deltas until the round's deadline,
 average them by tokens and take the outer step. Workers that die or miss the
-deadline are left out of that round; new PCs load while a round trains and
-join at the next round boundary.
+deadline are left out of that round; a PC whose worker died gets a new one at
+once, and new workers load while a round trains and join it for the time left.
 The head holds only numpy arrays; the maths of both steps is in jobs.gpt.diloco.
 """
 from __future__ import annotations
@@ -354,7 +354,7 @@ class PoolRun:
         whole = whole_ref = None
         refs, sent, dispatched = {}, {}, {}
 
-        def send(m: Member, n: int, budget_s: float | None) -> None:
+        def send(m: Member, n: int, budget_s: float | None, speed: float, others_speed: float) -> None:
             nonlocal whole, whole_ref
             if m.has_copy:
                 msg_ref, sent[m.key] = change_ref, change.nbytes
@@ -364,13 +364,17 @@ class PoolRun:
                     whole_ref = ray.put(whole)
                 msg_ref, sent[m.key] = whole_ref, whole.nbytes
             dispatched[m.key] = m
-            refs[m.key] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget_s)
+            # A second past the budget idles every other worker: their speed over its own.
+            overrun_cost = min(100.0, others_speed / max(speed, 1e-9))
+            refs[m.key] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget_s,
+                                                   overrun_cost)
 
+        pool_speed = sum(self.planned_speeds.values())
         for k, n in steps.items():
-            send(self.members[k], n, budget)
+            send(self.members[k], n, budget, self.planned_speeds[k], pool_speed - self.planned_speeds[k])
         deadline = max(MIN_DEADLINE_S, 3 * expected)
         # A worker that finishes loading while a timed round trains joins it for the time left.
-        join = (lambda: self.join_late(dispatched, send, t0 + expected)) if budget is not None else None
+        join = (lambda: self.join_late(send, t0 + expected, pool_speed)) if budget is not None else None
         results = self.await_round(refs, dispatched, deadline, join)
         round_wall = time.monotonic() - t0
         deltas, losses, report = [], [], []
@@ -459,7 +463,7 @@ class PoolRun:
             if join is not None:
                 join()
 
-    def join_late(self, dispatched: dict, send, round_end: float) -> None:
+    def join_late(self, send, round_end: float, pool_speed: float) -> None:
         """Workers that finished loading during the round join it with the steps that
         fit in the time it has left, rather than idling until the next one."""
         left = round_end - time.monotonic()
@@ -467,9 +471,10 @@ class PoolRun:
             return
         round_no = self.state.round + 1
         for m in self.admit(wait_s=0.0, when=f"round {round_no} mid-way ({left:.1f} s left)"):
-            n = int(left * self.estimate_speeds()[0][m.key] / self.tokens_per_step)
+            speed = self.estimate_speeds()[0][m.key]
+            n = int(left * speed / self.tokens_per_step)
             if n >= 1:
-                send(m, n, left)
+                send(m, n, left, speed, pool_speed)
             else:
                 self.log(f"worker {m.key}: too little of round {round_no} left; it trains from round {round_no + 1}")
 

@@ -37,6 +37,24 @@ def test_codecs_round_trip_within_their_precision_and_size(codec, tolerance, byt
     assert packed.nbytes <= vec.size * bytes_per_value * 1.07 + 64
 
 
+def test_fp16_rounds_exactly_as_numpy_does_small_values_included():
+    rng = np.random.default_rng(1)
+    # Every float32 exponent (random bit patterns), a delta's typical tiny values, and the edges.
+    vec = np.concatenate([
+        rng.integers(0, 2**32, size=2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32),
+        (rng.standard_normal(100_000) * 1e-5).astype(np.float32),
+        np.array([0.0, -0.0, np.inf, -np.inf, 65504, 65519.99, 65520, 2**-24, 2**-25, 3 * 2**-25, 2**-14,
+                  1 + 2**-11, 1 + 3 * 2**-11], dtype=np.float32),
+    ])
+    with np.errstate(over="ignore"):
+        want = vec.astype(np.float16)
+    packed = encode(vec, "fp16")
+    real = ~np.isnan(vec)
+    np.testing.assert_array_equal(packed.data[real].view(np.uint16), want[real].view(np.uint16))
+    assert np.isnan(packed.data[~real]).all()
+    np.testing.assert_array_equal(decode(packed)[real], want[real].astype(np.float32))
+
+
 def test_unknown_codec_is_a_one_line_error():
     with pytest.raises(ConfigError, match="codec"):
         encode(np.zeros(3, np.float32), "int2")
@@ -183,6 +201,24 @@ def test_a_round_on_a_time_budget_runs_as_many_steps_as_the_time_allows():
     quarter = slow.run_round(msg, 400, 0, 400 * 64, sched, budget_s=budget)
     assert 2 <= quarter.steps < 0.6 * full.steps < 400
     assert quarter.tokens == quarter.steps * 64
+
+
+def test_a_slow_worker_ends_its_round_early_rather_than_hold_the_others_up(monkeypatch):
+    from types import SimpleNamespace
+
+    from jobs.gpt import diloco
+
+    # A clock that reads 0.4 s later at every step: steps of 0.4 s against a 1.0 s budget.
+    # After two steps (0.8 s) a third would end 0.2 s past the budget; stopping ends 0.2 s early.
+    readings = iter(0.4 * k for k in range(1000))
+    monkeypatch.setattr(diloco, "time", SimpleNamespace(perf_counter=lambda: next(readings)))
+    sched = PoolSchedule(total_tokens=500 * 64)
+    _, trainer = _tiny_trainer(seed=1)
+    msg = Broadcast(flat_params(trainer.model), "fp16").full()
+    # Alone, or the fastest (the others' speed is under half its own): the third step pays.
+    assert trainer.run_round(msg, 3, 0, 3 * 64, sched, budget_s=1.0, overrun_cost=0.5).steps == 3
+    # The slowest of a pool (the others are 4x faster and would wait): it stops at the budget's edge.
+    assert trainer.run_round(msg, 3, 0, 3 * 64, sched, budget_s=1.0, overrun_cost=4.0).steps == 2
 
 
 def test_rounds_with_an_outer_step_lower_the_loss():

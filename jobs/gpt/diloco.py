@@ -197,6 +197,7 @@ class LocalTrainer:
     def run_round(
         self, message: Packed, steps: int, start_tokens: float, round_tokens: float, schedule: PoolSchedule,
         budget_s: float | None = None,
+        overrun_cost: float = 1.0,
     ) -> RoundResult:
         """Take the round's global parameters, run local steps, return the delta.
 
@@ -204,6 +205,12 @@ class LocalTrainer:
         and the clock decides: the worker steps until the budget is spent (at least
         one step, at most twice the plan), so a worker whose speed changed since it
         was last measured neither holds the round up nor sits idle waiting for it.
+        Steps do not divide the budget evenly, so the last one either ends early or
+        runs past it. `overrun_cost` weighs the two: a second past the budget keeps
+        the others waiting, which costs the pool `overrun_cost` seconds of this
+        worker's work (the others' speed over its own), while a second early costs
+        one. A slow worker with long steps therefore stops early rather than hold
+        the fast ones up.
         The learning rate of local step i follows the pool's global token count at
         that moment, assuming the round's tokens arrive evenly over the planned steps."""
         start = self.receive(message)
@@ -217,8 +224,8 @@ class LocalTrainer:
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)  # the clock must see the work, not its queueing
                 spent = time.perf_counter() - t0
-                # Stop when one more step would end further past the budget than stopping now ends before it.
-                if spent + 0.5 * spent / i >= budget_s:
+                step_s = spent / i
+                if budget_s - spent <= overrun_cost * (spent + step_s - budget_s):
                     break
             lr = schedule.lr(start_tokens + round_tokens * i / steps, self.cfg)
             x, y = self.sampler.next()
