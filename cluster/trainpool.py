@@ -240,9 +240,9 @@ class PoolRun:
                                        speed=self.state.speeds.get(key),
                                        starting=actor.info.remote())
 
-    def admit(self, wait_s: float, when: str = "") -> list[Member]:
-        """Let workers that have finished starting into the next round (`when` says
-        which, if not that); returns them. A new PC loads its data and builds its model
+    def admit(self, wait_s: float, say: bool = True) -> list[Member]:
+        """Let workers that have finished starting into the next round; returns them
+        (`say`: log that they join it). A new PC loads its data and builds its model
         while the others train, so its start never holds a round up; `wait_s` waits
         for the starting ones (job start)."""
         import ray
@@ -261,11 +261,14 @@ class PoolRun:
                 continue
             # Before the first outer step every worker holds the seeded initial model.
             m.has_copy = self.fresh and self.state.round == 0
-            device = "CPU" if m.gpu is None else f"GPU {m.gpu}"
-            self.log(f"worker {m.key} joins {when or f'at round {self.state.round + 1}'} ({device}: "
-                     f"{m.info['device']}, {m.gflops:.0f} GFLOP/s)")
+            if say:
+                self.log_join(m, f"at round {self.state.round + 1}")
             admitted.append(m)
         return admitted
+
+    def log_join(self, m: Member, when: str) -> None:
+        device = "CPU" if m.gpu is None else f"GPU {m.gpu}"
+        self.log(f"worker {m.key} joins {when} ({device}: {m.info['device']}, {m.gflops:.0f} GFLOP/s)")
 
     def ready(self) -> dict[str, Member]:
         return {k: m for k, m in self.members.items() if m.info is not None}
@@ -467,16 +470,18 @@ class PoolRun:
         """Workers that finished loading during the round join it with the steps that
         fit in the time it has left, rather than idling until the next one."""
         left = round_end - time.monotonic()
-        if left <= 0 or not any(m.info is None for m in self.members.values()):
+        admitted = self.admit(wait_s=0.0, say=False) if left > 0 else []
+        if not admitted:
             return
+        speeds, _ = self.estimate_speeds()
         round_no = self.state.round + 1
-        for m in self.admit(wait_s=0.0, when=f"round {round_no} mid-way ({left:.1f} s left)"):
-            speed = self.estimate_speeds()[0][m.key]
-            n = int(left * speed / self.tokens_per_step)
+        for m in admitted:
+            n = int(left * speeds[m.key] / self.tokens_per_step)
             if n >= 1:
-                send(m, n, left, speed, pool_speed)
-            else:
-                self.log(f"worker {m.key}: too little of round {round_no} left; it trains from round {round_no + 1}")
+                self.log_join(m, f"round {round_no} mid-way ({left:.1f} s left)")
+                send(m, n, left, speeds[m.key], pool_speed)
+            else:  # too little of this round left for one step
+                self.log_join(m, f"at round {round_no + 1}")
 
     # --- the job ---
     def _main(self) -> None:
