@@ -17,7 +17,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from workers.raynode import RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
+from workers.raynode import NO_LOG_MONITOR, RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
 from workers.records import HostInfo
 
 from .api import ApiError, serve
@@ -79,7 +79,7 @@ class Coordinator:
         args = ["--head", "--port", str(c.ray_port), "--node-ip-address", c.host,
                 "--num-cpus", "0",  # the head schedules; the PCs compute
                 "--dashboard-host", c.host, "--dashboard-port", str(c.dashboard_port),
-                "--ray-client-server-port", str(c.client_port), *node_ports_args(c.host)]
+                "--ray-client-server-port", str(c.client_port), *node_ports_args(c.host), *NO_LOG_MONITOR]
         store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
         if store:
             args += ["--object-store-memory", store]

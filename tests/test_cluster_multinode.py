@@ -5,6 +5,7 @@ import signal
 import time
 import urllib.request
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -54,6 +55,15 @@ def test_ray_nodes_carry_the_probed_labels(pool):
     assert labels["salvage.io/gpu1-cc"] == "8.6"
     assert labels["salvage.io/gpu1-vram-mb"] == str(12 * 1024)
     assert pool.node("office")["ray_labels"]["salvage.io/cpu-only"] == "true"
+
+
+def test_no_node_spends_its_cpu_on_a_log_monitor_nobody_reads(pool):
+    # The head reads no worker output, so no node tails its log files for it.
+    gcs = f"127.0.0.2:{pool.ray_port}"
+    ours = [" ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])]
+    ours = [c for c in ours if gcs in c]
+    assert sum("raylet" in c.split()[0] for c in ours) == 4, ours  # the head and three PCs
+    assert not [c for c in ours if "log_monitor" in c]
 
 
 def test_status_table_is_readable(pool):

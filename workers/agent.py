@@ -27,7 +27,7 @@ from .gpus import GpuReader, open_nvml
 from .headclient import HeadClient, HeadError, HeadUnreachable
 from .host import HostSample, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
-from .raynode import RayNode, node_ports_args, ray_env, start_lock
+from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
 from .records import GpuSample, HostInfo
 
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
@@ -184,7 +184,7 @@ class Agent:
             "--address", cluster["ray_address"], "--node-ip-address", ip,
             "--num-cpus", str(info.cpu_cores), "--num-gpus", str(len(info.gpus)),
             "--labels", ",".join(f"{k}={v}" for k, v in labels.items()),
-            *node_ports_args(ip),
+            *node_ports_args(ip), *NO_LOG_MONITOR,
         ]
         store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
         if store:

@@ -92,6 +92,11 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
+# The head reads no worker output (`ray.init(log_to_driver=False)`), so a node's log
+# monitor would only spend the PC's CPU tailing log files for nobody.
+NO_LOG_MONITOR = ["--include-log-monitor", "false"]
+
+
 def node_ports_args(ip: str) -> list[str]:
     """Explicit free ports for each node's services, so several nodes (or
     clusters) can start at once on one machine: some defaults are fixed
