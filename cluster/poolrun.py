@@ -45,8 +45,6 @@ class PoolWorker:
         t0 = time.perf_counter()
         message = ray.get(message_box[0])
         fetch_s = time.perf_counter() - t0
-        if self.trainer.throttle is not None:
-            self.trainer.throttle.start()
         r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s, overrun_cost)
         d = r.delta
         return (d.codec, d.data, d.scales, d.size, r.tokens, r.steps, time.perf_counter() - t0, fetch_s,

@@ -23,6 +23,7 @@ class DutyCycle:
             raise ValueError(f"duty-cycle: expected a fraction in (0, 1], got {fraction}")
         self.fraction = fraction
         self.mark = time.process_time()
+        self.rested_by = 0.0  # monotonic time a deferred rest ends
 
     @classmethod
     def from_env(cls) -> DutyCycle | None:
@@ -37,9 +38,25 @@ class DutyCycle:
         """Work begins now (what ran before this is not counted)."""
         self.mark = time.process_time()
 
+    def rest_due(self) -> float:
+        """Seconds of rest that the work since the last rest calls for."""
+        return (time.process_time() - self.mark) * (1 - self.fraction) / self.fraction
+
     def after_work(self) -> None:
         """Sleep so that the work since the last call fills only `fraction` of the time."""
-        worked = time.process_time() - self.mark
-        if self.fraction < 1:
-            time.sleep(worked * (1 - self.fraction) / self.fraction)
+        time.sleep(self.rest_due())
+        self.mark = time.process_time()
+
+    def defer(self) -> None:
+        """Owe the rest that the work since the last one calls for, rather than take it
+        now: time spent waiting (for other PCs, for new work) counts towards it, and
+        `resume` takes what is left of it."""
+        self.rested_by = time.monotonic() + self.rest_due()
+        self.mark = time.process_time()
+
+    def resume(self) -> None:
+        """Before new work: finish a deferred rest; the work begins now."""
+        left = self.rested_by - time.monotonic()
+        if left > 0:
+            time.sleep(left)
         self.mark = time.process_time()

@@ -165,6 +165,35 @@ def test_duty_cycle_rests_in_proportion_to_the_work(monkeypatch):
         DutyCycle(0)
 
 
+def test_a_deferred_rest_counts_the_time_spent_waiting(monkeypatch):
+    cpu, wall, slept = [100.0], [50.0], []
+    monkeypatch.setattr(dutycycle.time, "process_time", lambda: cpu[0])
+    monkeypatch.setattr(dutycycle.time, "monotonic", lambda: wall[0])
+    monkeypatch.setattr(dutycycle.time, "sleep", slept.append)
+    limit = DutyCycle(0.5)
+    limit.resume()
+    cpu[0] += 1.0  # a second of work calls for a second of rest...
+    limit.defer()
+    wall[0] += 0.6  # ...of which 0.6 s pass waiting for the next work
+    limit.resume()
+    assert slept == [pytest.approx(0.4)]
+    wall[0] += 5.0  # a long wait: no rest is left to take
+    limit.resume()
+    assert len(slept) == 1
+
+
+def test_a_throttled_worker_sends_its_delta_before_its_last_rest(monkeypatch):
+    calls = []
+    _, trainer = _tiny_trainer(seed=3)
+    trainer.throttle = DutyCycle(0.25)
+    for name in ("resume", "after_work", "defer"):
+        monkeypatch.setattr(trainer.throttle, name, lambda name=name: calls.append(name))
+    msg = Broadcast(flat_params(trainer.model), "fp16").full()
+    assert trainer.run_round(msg, 3, 0, 3 * 64, PoolSchedule(total_tokens=500 * 64)).steps == 3
+    # Rests between the steps; the last one's while the other PCs end the round.
+    assert calls == ["resume", "after_work", "after_work", "defer"]
+
+
 def _tiny_trainer(seed=0, codec="fp16"):
     cfg = load_config("shakespeare-char-cpu", overrides={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 16,
                                                          "batch_size": 4, "max_iters": 50, "warmup_iters": 2})

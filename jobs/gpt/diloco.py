@@ -219,14 +219,24 @@ class LocalTrainer:
         losses = []
         limit = steps if budget_s is None else 2 * steps
         t0 = time.perf_counter()
+        rested = 0.0  # of the time spent, resting for the duty cycle
+        if self.throttle is not None:
+            self.throttle.resume()  # the end of the last round's rest, if the wait was shorter
+            rested = time.perf_counter() - t0
         for i in range(limit):
-            if budget_s is not None and i > 0:
+            if i > 0 and budget_s is not None:
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)  # the clock must see the work, not its queueing
                 spent = time.perf_counter() - t0
-                step_s = spent / i
-                if budget_s - spent <= overrun_cost * (spent + step_s - budget_s):
+                # One more step ends after the last one's rest and its own work; its
+                # own rest comes after the delta has been sent.
+                rest = self.throttle.rest_due() if self.throttle is not None else 0.0
+                if budget_s - spent <= overrun_cost * (spent + rest + (spent - rested) / i - budget_s):
                     break
+            if i > 0 and self.throttle is not None:
+                began = time.perf_counter()
+                self.throttle.after_work()
+                rested += time.perf_counter() - began
             lr = schedule.lr(start_tokens + round_tokens * i / steps, self.cfg)
             x, y = self.sampler.next()
             if self.dev.type == "cuda":
@@ -236,8 +246,8 @@ class LocalTrainer:
                 lr=lr, grad_clip=self.cfg.train.grad_clip, scaler=self.scaler, autocast=self.autocast,
             )
             losses.append(loss)
-            if self.throttle is not None:
-                self.throttle.after_work()
+        if self.throttle is not None:
+            self.throttle.defer()  # the last step's rest is taken while the round ends elsewhere
         mean_loss = torch.stack(losses).mean().item() if losses else float("nan")
         return RoundResult(
             delta=self.uplink.encode(start - flat_params(self.model)),
