@@ -224,7 +224,7 @@ class LocalTrainer:
             self.throttle.resume()  # the end of the last round's rest, if the wait was shorter
             rested = time.perf_counter() - t0
         for i in range(limit):
-            if i > 0 and budget_s is not None:
+            if budget_s is not None and i > 0:
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)  # the clock must see the work, not its queueing
                 spent = time.perf_counter() - t0
