@@ -306,7 +306,7 @@ def _peer_loop(loop_config: dict) -> None:
     torch.manual_seed(t.seed)
     model = GPT(replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
     model = ray.train.torch.prepare_model(model)  # DistributedDataParallel over gloo
-    optimizer = build_optimizer(model.module, cfg, torch.device("cpu"))
+    optimizer = build_optimizer(model.module, cfg)
     rank = ray.train.get_context().get_world_rank()
     world = ray.train.get_context().get_world_size()
     sampler = BatchSampler(data.train, cfg.model.block_size, t.batch_size, seed=t.seed + rank)

@@ -57,6 +57,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from localcluster import SALVAGE, LocalCluster, salvage, test_env
 
+from jobs.gpt.adamw import AdamW
 from jobs.gpt.config import ConfigError, GPTConfig, load_config
 from jobs.gpt.data import BatchSampler, Dataset, prepare_data
 from jobs.gpt.model import GPT
@@ -77,8 +78,7 @@ class BareLoop:
         self.cfg = cfg
         self.model = GPT(replace(cfg.model, vocab_size=data.tokenizer.vocab_size))
         t = cfg.train
-        self.opt = torch.optim.AdamW(self.model.param_groups(t.weight_decay), lr=t.learning_rate,
-                                     betas=(t.beta1, t.beta2))
+        self.opt = AdamW(self.model.param_groups(t.weight_decay), lr=t.learning_rate, betas=(t.beta1, t.beta2))
         self.sampler = BatchSampler(data.train, cfg.model.block_size, t.batch_size, seed=t.seed)
         self.tokens_per_iter = t.batch_size * cfg.model.block_size
         self.it = 0

@@ -92,6 +92,21 @@ def test_resume_matches_uninterrupted_run(corpus, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_checkpoint_written_with_torch_adamw_resumes_exactly(corpus, tmp_path, monkeypatch):
+    """salvage used torch.optim.AdamW before its own: those checkpoints still resume."""
+    full, _ = run(tiny(max_iters=20), corpus, tmp_path / "a")
+    with monkeypatch.context() as m:
+        t = tiny().train
+        m.setattr(train_mod, "build_optimizer", lambda model, cfg: torch.optim.AdamW(
+            model.param_groups(t.weight_decay), lr=t.learning_rate, betas=(t.beta1, t.beta2)))
+        run(tiny(max_iters=10), corpus, tmp_path / "b")
+    resumed, _ = run(tiny(max_iters=20), corpus, tmp_path / "b")
+    assert resumed["resumed_from"] == 10
+    a = load_checkpoint(tmp_path / "a")["model"]
+    b = load_checkpoint(tmp_path / "b")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_finished_run_is_not_retrained_and_can_be_extended(corpus, tmp_path):
     run(tiny(max_iters=10), corpus, tmp_path / "r")
     again, progress = run(tiny(max_iters=10), corpus, tmp_path / "r")

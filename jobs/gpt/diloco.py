@@ -171,7 +171,7 @@ class LocalTrainer:
         model_cfg = replace(cfg.model, vocab_size=cfg.model.vocab_size or vocab_size)
         self.model = GPT(model_cfg).to(self.dev)
         torch.manual_seed(seed)  # this worker's own dropout stream
-        self.optimizer = build_optimizer(self.model, cfg, self.dev)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.scaler = torch.amp.GradScaler("cuda") if self.precision.grad_scaler else None
         self.autocast = (
             torch.autocast(self.dev.type, dtype=self.precision.torch_dtype)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from jobs.dutycycle import DutyCycle
+from jobs.gpt.adamw import AdamW
 from jobs.gpt.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -62,7 +63,7 @@ USER_ERRORS = (ConfigError, DataError, CheckpointError, DeviceError, TokenizerEr
 
 def train_step(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: AdamW,
     micro_batches: Sequence[Batch],
     *,
     lr: float,
@@ -128,14 +129,9 @@ def _to(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t
 
 
-def build_optimizer(model: GPT, cfg: GPTConfig, device: torch.device) -> torch.optim.AdamW:
+def build_optimizer(model: GPT, cfg: GPTConfig) -> AdamW:
     t = cfg.train
-    return torch.optim.AdamW(
-        model.param_groups(t.weight_decay),
-        lr=t.learning_rate,
-        betas=(t.beta1, t.beta2),
-        fused=device.type == "cuda",
-    )
+    return AdamW(model.param_groups(t.weight_decay), lr=t.learning_rate, betas=(t.beta1, t.beta2))
 
 
 def _rng_state(sampler: BatchSampler, device: torch.device) -> dict[str, Any]:
@@ -233,7 +229,7 @@ def train(
         np.random.seed(t_cfg.seed)
         random.seed(t_cfg.seed)
     model = GPT(model_cfg).to(dev)
-    optimizer = build_optimizer(model, cfg, dev)
+    optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda") if precision.grad_scaler else None
     sampler = BatchSampler(data.train, model_cfg.block_size, t_cfg.batch_size, seed=t_cfg.seed)
     it = 0
