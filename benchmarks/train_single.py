@@ -93,7 +93,7 @@ class BareLoop:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad()
         self.it += 1
         return loss.item()
 

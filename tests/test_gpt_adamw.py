@@ -25,7 +25,7 @@ def _train(make_optimizer, steps=6):
         for group in opt.param_groups:
             group["lr"] = 1e-3 * (i + 1)  # a schedule changes it every step
         opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad()
     return model, opt
 
 

@@ -96,7 +96,7 @@ def train_step(
         scaler.update()
     else:
         optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.zero_grad()
     assert total is not None, "micro_batches must not be empty"
     return total / n if n > 1 else total
 
@@ -348,7 +348,7 @@ def train(
                 # The size estimate was optimistic for this card: same batch, smaller pieces.
                 if micro == 1:
                     raise DeviceError(f"device: {device_name} ran out of memory even with micro-batch 1") from None
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.zero_grad()
                 torch.cuda.empty_cache()
                 micro = max(d for d in range(1, micro) if t_cfg.batch_size % d == 0)
                 accum = t_cfg.batch_size // micro
