@@ -45,6 +45,9 @@ class Coordinator:
         self.db = Database(state.db_path)
         self.ray_lock = threading.Lock()
         self.ray_nodes: list[dict] = []
+        # Nodes a task saw die. Ray lists a dead node as alive for 10-20 s more, and
+        # anything placed there meanwhile is lost with it (science units, a job's start).
+        self.dead_nodes: set[str] = set()
         self.ray_resources: tuple[dict, dict] = ({}, {})
         self.stopping = threading.Event()
         self.registry = CollectorRegistry()
@@ -145,7 +148,8 @@ class Coordinator:
 
     def node_of(self, host: str) -> dict | None:
         for node in self.ray_nodes:
-            if node.get("Alive") and node.get("Labels", {}).get(HOST_LABEL) == host:
+            if node.get("Alive") and node.get("Labels", {}).get(HOST_LABEL) == host \
+                    and node["NodeID"] not in self.dead_nodes:
                 return node
         return None
 

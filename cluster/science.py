@@ -29,9 +29,6 @@ class Science:
         self.store = ScienceStore(coordinator.state.db_path, coordinator.state.path / "science")
         self.inflight: dict[object, tuple[str, str, list[int], float, int]] = {}  # ref -> host, node, ids, t0, n
         self.units: dict[str, int] = {}  # host -> units per task, adapted to its speed
-        # Ray nodes a task reported dead. Ray still lists such a node as alive for
-        # 10-20 s, and every task sent there meanwhile takes work units down with it.
-        self.dead_nodes: set[str] = set()
         self.lock = threading.Lock()
         self.reported = 0
         self._pool_cache: tuple[list, dict[str, int]] = ([], {})
@@ -127,7 +124,7 @@ class Science:
             if out.get(row.name, 0) >= IN_FLIGHT_PER_HOST or training.get(row.name):
                 continue
             node = self.c.node_of(row.name)
-            if node is None or node["NodeID"] in self.dead_nodes:
+            if node is None:
                 continue
             tasks = self.store.fetch_work(self._caps(row), self.units.get(row.name, 8))
             if not tasks:
@@ -158,7 +155,7 @@ class Science:
                 # The node or worker died: its copies are no-replies, reissued elsewhere.
                 self.c.log(f"science task on {host} failed ({type(err).__name__}); its work is reissued")
                 if isinstance(err, (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)):
-                    self.dead_nodes.add(node_id)
+                    self.c.dead_nodes.add(node_id)
                 self.store.host_lost(host)
                 continue
             self.store.report(host, reports)

@@ -27,7 +27,6 @@ class TrainJobs:
         self.db = coordinator.db
         self.refs: dict[int, object] = {}  # job id -> Ray ObjectRef of its running task
         self.node_of_job: dict[int, str] = {}  # job id -> the Ray node it runs on
-        self.dead_nodes: set[str] = set()  # Ray nodes that died under a job: never placed on again
         self.pools: dict[int, PoolRun] = {}  # multi-worker jobs, each driven by its own thread
         # The head's loop and `train submit` both place queued jobs; one at a time,
         # or both see the same queued job and start it twice.
@@ -254,7 +253,7 @@ class TrainJobs:
         try:
             result = ray.get(ref)
         except (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError) as err:
-            self.dead_nodes.add(node)
+            self.c.dead_nodes.add(node)
             self._requeue(job, f"its node died ({type(err).__name__})")
             return
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.TaskCancelledError,
@@ -310,7 +309,7 @@ class TrainJobs:
             slots = []
             for row in self.db.hosts():
                 node = self.c.node_of(row.name)
-                if row.state == "alive" and node is not None and node["NodeID"] not in self.dead_nodes:
+                if row.state == "alive" and node is not None:
                     slots += training_slots(row.info, busy.get(row.name, 0), need)
             slot = fastest(slots)
             if slot is None:

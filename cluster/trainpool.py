@@ -220,7 +220,7 @@ class PoolRun:
         candidates = []
         for name, row in alive.items():
             node = self.c.node_of(name)
-            if node is None or node["NodeID"] in self.jobs.dead_nodes:
+            if node is None:
                 continue
             for slot in training_slots(row.info, busy.get(name, 0), self.need_bytes, self.options.allow_cpu):
                 candidates.append((slot, node["NodeID"]))
