@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ NEW_WORKER_GRACE_S = 60.0  # how long a job's first round waits for its workers 
 COMM_FRACTION = 0.10
 AUTO_MIN_STEPS = 4
 MEMBERS_POLL_S = 1.0  # during a round, how often to look for PCs that joined
+START_RETRY_S = (30.0, 600.0)  # a PC whose worker raised while starting waits this long, doubling, to try again
 
 
 class PoolOptionError(ValueError):
@@ -149,6 +151,9 @@ class PoolRun:
         self.planned_speeds: dict[str, float] = {}  # tokens/s per worker, as the last plan assumed
         self.last_round = False  # the last plan spends the job's remaining tokens
         self.timed = False  # the last plan's speeds are measured tokens/s, so its times are real
+        self.started_any = False  # a worker of this attempt has started
+        self.start_error: str | None = None  # the last error a worker raised while starting
+        self.retry: dict[str, tuple[float, int]] = {}  # host -> (when to try it again, failed starts)
         self.thread = threading.Thread(target=self._main, daemon=True, name=f"pool-{self.job_id}")
 
     # --- bookkeeping ---
@@ -211,6 +216,7 @@ class PoolRun:
 
         allowed = {h.strip() for h in self.options.hosts.split(",") if h.strip()}
         alive = {r.name: r for r in self.c.db.hosts() if r.state == "alive" and (not allowed or r.name in allowed)}
+        now = time.monotonic()
         for key, m in list(self.members.items()):
             node = self.c.node_of(m.host)
             if m.host not in alive or node is None or node["NodeID"] != m.node_id:
@@ -220,7 +226,7 @@ class PoolRun:
         candidates = []
         for name, row in alive.items():
             node = self.c.node_of(name)
-            if node is None:
+            if node is None or self.retry.get(name, (0.0, 0))[0] > now:
                 continue
             for slot in training_slots(row.info, busy.get(name, 0), self.need_bytes, self.options.allow_cpu):
                 candidates.append((slot, node["NodeID"]))
@@ -257,8 +263,17 @@ class PoolRun:
             try:
                 m.info = ray.get(ref)
             except ray.exceptions.RayError as err:
-                self.drop(m.key, f"could not start ({_short(err)})")
+                why = f"could not start ({_short(err)})"
+                if getattr(err, "actor_init_failed", False):  # it raised, so trying again at once would too
+                    failed = self.retry.get(m.host, (0.0, 0))[1] + 1
+                    wait = min(START_RETRY_S[1], START_RETRY_S[0] * 2 ** (failed - 1))
+                    self.retry[m.host] = (time.monotonic() + wait, failed)
+                    self.start_error = _short(err)
+                    why += f"; {m.host} is tried again in {wait:.0f} s"
+                self.drop(m.key, why)
                 continue
+            self.retry.pop(m.host, None)
+            self.started_any = True
             # Before the first outer step every worker holds the seeded initial model.
             m.has_copy = self.fresh and self.state.round == 0
             if say:
@@ -521,8 +536,17 @@ class PoolRun:
                 return
             self.sync_members()
             self.admit(wait_s=0.0 if self.ready() else NEW_WORKER_GRACE_S)
+            if not self.members and self.start_error and not self.started_any:
+                # Every worker raised while starting: an error in the job (its data, its
+                # settings) more likely than in the PCs, so say it rather than retry forever.
+                error = f"no worker could start: {self.start_error}"
+                self.jobs._set(self.job_id, state="failed", error=error, finished_at=time.time())
+                self.log(f"failed: {error}")
+                return
             if not self.ready():
                 why = "waiting: no live worker fits this job (it needs a free GPU or CPU that fits the model)"
+                if any(when > time.monotonic() for when, _ in self.retry.values()):
+                    why = f"waiting: workers could not start ({self.start_error}); their PCs are tried again soon"
                 if why != self.waiting_said:
                     self.log(why)
                     self.waiting_said = why
@@ -587,4 +611,9 @@ class PoolRun:
 
 
 def _short(err: Exception) -> str:
-    return str(err).strip().splitlines()[-1][:160] if str(err).strip() else type(err).__name__
+    """The error's last line (Ray's put the worker's own exception there), its
+    exception named without its module path."""
+    text = str(err).strip()
+    if not text:
+        return type(err).__name__
+    return re.sub(r"^(?:\w+\.)+(\w+: )", r"\1", text.splitlines()[-1])[:300]

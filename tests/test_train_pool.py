@@ -159,6 +159,19 @@ def test_a_head_restart_resumes_the_job_from_its_checkpoint(pool):
     assert vals(text)[-1] < 3.3
 
 
+def test_a_job_whose_workers_all_fail_to_start_fails_with_their_error(pool, tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(CORPUS.read_text())
+    out = salvage("train", "submit", "--state-dir", str(pool.state_dir), "--data", str(corpus), *TINY,
+                  "--workers", "all")
+    job = int(out.stdout.strip().splitlines()[-1])
+    corpus.unlink()  # gone before the workers read it: each one raises while it starts
+    row = wait_job(pool, job, timeout=120)
+    assert row["state"] == "failed", logs(pool, job)
+    assert row["error"].startswith("no worker could start:") and "corpus.txt" in row["error"], row["error"]
+    assert "is tried again in 30 s" in logs(pool, job)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workers", "0"], "workers: expected at least 1"),
     (["--workers", "many"], "workers: expected a count or 'all'"),
