@@ -263,12 +263,13 @@ class PoolRun:
             try:
                 m.info = ray.get(ref)
             except ray.exceptions.RayError as err:
-                why = f"could not start ({_short(err)})"
+                error = _short(err)
+                why = f"could not start ({error})"
                 if getattr(err, "actor_init_failed", False):  # it raised, so trying again at once would too
                     failed = self.retry.get(m.host, (0.0, 0))[1] + 1
                     wait = min(START_RETRY_S[1], START_RETRY_S[0] * 2 ** (failed - 1))
                     self.retry[m.host] = (time.monotonic() + wait, failed)
-                    self.start_error = _short(err)
+                    self.start_error = error
                     why += f"; {m.host} is tried again in {wait:.0f} s"
                 self.drop(m.key, why)
                 continue
@@ -505,8 +506,7 @@ class PoolRun:
         except Exception as err:  # an internal error fails this job, not the head
             if self._stopping():
                 return  # Ray going down with the head: the job resumes after `up`
-            self.jobs._set(self.job_id, state="failed", error=f"internal: {err!r}"[:300], finished_at=time.time())
-            self.log(f"failed: {err!r}")
+            self.fail(f"internal: {err!r}"[:300])
         finally:
             import ray
 
@@ -539,9 +539,7 @@ class PoolRun:
             if not self.members and self.start_error and not self.started_any:
                 # Every worker raised while starting: an error in the job (its data, its
                 # settings) more likely than in the PCs, so say it rather than retry forever.
-                error = f"no worker could start: {self.start_error}"
-                self.jobs._set(self.job_id, state="failed", error=error, finished_at=time.time())
-                self.log(f"failed: {error}")
+                self.fail(f"no worker could start: {self.start_error}")
                 return
             if not self.ready():
                 why = "waiting: no live worker fits this job (it needs a free GPU or CPU that fits the model)"
@@ -595,6 +593,10 @@ class PoolRun:
                                                  "max_iters": self.total_tokens // self.tokens_per_step})
         merged = {"iter": self.state.tokens // self.tokens_per_step, "val_loss": val, "round": self.state.round}
         self.jobs.merge_progress(self.job_id, merged)
+
+    def fail(self, error: str) -> None:
+        self.jobs._set(self.job_id, state="failed", error=error, finished_at=time.time())
+        self.log(f"failed: {error}")
 
     def finish(self, state: str) -> None:
         if self.params is not None and self.ready() and self.evaluated_round != self.state.round:
