@@ -31,13 +31,18 @@ out, for the solo run the same way); what happens between rounds is included. Va
 afterwards on every kept round's global parameters with one fixed set of 50
 validation batches, so the evaluation costs the runs nothing.
 
+eta splits in two: eta_compute, the workers' own speeds in the pool over their
+speeds alone (what four simulated PCs sharing this machine's cores lose), and
+eta_rounds, the pool's training rate over its workers' summed speeds (what the
+rounds lose: fetching parameters, waiting for the slowest).
+
 bytes_ratio: what per-step synchronous data parallelism would move for the same
 tokens (each of 4 workers sends and receives 2*(n-1)/n of the fp32 gradient every
 step: a ring all-reduce), divided by the bytes our rounds moved: every worker's
 compressed delta up and the compressed change of the global parameters down,
 every round, plus the whole fp32 parameters for each worker that joins late.
 
-The LAST line printed is a JSON object with eta, frontier, speedup, speedup_at_400,
+The LAST line printed is a JSON object with eta (and its two parts), frontier, speedup, speedup_at_400,
 peer_eta, peer_speedup, churn_speedup, churn_power_speedup and the raw figures behind them.
 """
 
@@ -357,6 +362,20 @@ def steady_rate(rounds: list[dict]) -> float:
     return tokens / sum(r["round_s"] for r in rounds[1:])
 
 
+def compute_rate(rounds: list[dict], tokens_per_step: int) -> float:
+    """What the pool's workers computed, summed: each worker's tokens over its own
+    time training in the rounds after the first (its duty-cycle rests between steps
+    included; fetching the parameters and waiting for the others left out)."""
+    tokens: dict[str, float] = {}
+    busy: dict[str, float] = {}
+    for r in rounds[1:]:
+        for w in r["workers"]:
+            n = w["steps"] * tokens_per_step
+            tokens[w["worker"]] = tokens.get(w["worker"], 0) + n
+            busy[w["worker"]] = busy.get(w["worker"], 0.0) + n / max(w["tokens_per_s"], 1)
+    return sum(tokens[k] / busy[k] for k in tokens)
+
+
 def _kv(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     for kind in (int, float):
@@ -416,11 +435,12 @@ def main() -> int:
             moved = rs[-1]["bytes_up"] + rs[-1]["bytes_down"]
             n_params = bench.model.num_params()
             ratio = allreduce_bytes(rs[-1]["tokens"], n_params, len(POOL), bench.tps) / moved
-            rate = steady_rate(rs)
+            rate, computing = steady_rate(rs), compute_rate(rs, bench.tps)
             eta = rate / sum_solo
             entry = {"sync_steps": sync, "codec": codec, "token_factor": factor, "rounds": len(rs),
                      "bytes_ratio": round(ratio, 1), "speedup": round(t1 / reach, 3) if reach else 0.0,
                      "reached": reach is not None, "final_val": round(final, 4), "eta": round(eta, 3),
+                     "eta_compute": round(computing / sum_solo, 3), "eta_rounds": round(rate / computing, 3),
                      "tokens_per_s": round(rate)}
             frontier.append(entry)
             say(f"pool sync {sync} ({codec}, {factor}x tokens): {entry}")
@@ -428,6 +448,7 @@ def main() -> int:
         lan = [e for e in frontier if e["bytes_ratio"] >= 20]
         best = max(lan, key=lambda e: e["speedup"]) if lan else frontier[0]
         out["eta"] = best["eta"]  # the efficiency of the setting that gives `speedup`
+        out["eta_compute"], out["eta_rounds"] = best["eta_compute"], best["eta_rounds"]
         out["speedup"] = best["speedup"] if lan else 0.0
         out["speedup_at_400"] = max((e["speedup"] for e in frontier if e["bytes_ratio"] >= 400), default=0.0)
 
@@ -439,11 +460,17 @@ def main() -> int:
             say(f"peer (Ray Train DDP): {out['peer']}")
         for mode in churns:
             run = bench.pool_run(best["sync_steps"], best["token_factor"], best["codec"], churn=mode)
-            reach, final = bench.time_to(run["job"], run["rounds"], l_star)
+            rs = run["rounds"]
+            reach, final = bench.time_to(run["job"], rs, l_star)
             key = "churn_speedup" if mode == "worker" else f"churn_{mode}_speedup"
             out[key] = round(t1 / reach, 3) if reach else 0.0
-            lost = rounds_out(run["rounds"], run["kills"])
+            lost = rounds_out(rs, run["kills"])
+            rate, computing = steady_rate(rs), compute_rate(rs, bench.tps)
+            # eta_compute falls by what new workers' starts take from the others' cores,
+            # eta_rounds by the rounds lost PCs spend out.
             out[f"churn_{mode}"] = {"sync_steps": best["sync_steps"], "final_val": round(final, 4),
+                                    "eta_compute": round(computing / sum_solo, 3),
+                                    "eta_rounds": round(rate / computing, 3),
                                     "kills": run["kills"], "rounds": len(run["rounds"]), "reached": reach is not None,
                                     "rounds_out": lost, "mean_rounds_out": round(float(np.mean(lost)), 2)
                                     if lost else None}
