@@ -407,6 +407,12 @@ def main() -> int:
     churns = [m for m in args.churn.split(",") if m != "none"]
     if set(churns) - {"worker", "power"}:
         raise SystemExit(f"--churn: expected worker, power or none, got {args.churn!r}")
+    if not args.skip_peer:
+        try:  # the peer runs after the frontier: fail now, not twenty minutes in
+            import ray.train.torch  # noqa: F401
+        except ImportError:
+            raise SystemExit("peer: Ray Train is not installed (pip install -e '.[bench]'), "
+                             "or pass --skip-peer") from None
     sets = QUICK if args.quick else []
     state = Path(tempfile.mkdtemp(prefix="salvage-bench-pool-"))
     bench = Bench(state, sets)
