@@ -243,10 +243,15 @@ class Churn:
             self.bench.cluster.wait_state(name, "alive", timeout=120)
 
 
+def pc_of(worker: str) -> str:
+    """The simulated PC behind a worker key: "w2/cpu" and, after a power cut, "w2-7/cpu"."""
+    return worker.split("/")[0].split("-")[0]
+
+
 def rounds_out(rounds: list[dict], kills: list[tuple[int, str]]) -> list[int]:
     """For each loss: the rounds its PC did not train, from the round it was lost in
     to the first it trained in again (a run that ended first counts up to its end)."""
-    trained = {r["round"]: {w["worker"].split("/")[0].split("-")[0] for w in r["workers"]} for r in rounds}
+    trained = {r["round"]: {pc_of(w["worker"]) for w in r["workers"]} for r in rounds}
     last = rounds[-1]["round"]
     out = []
     for seen, pc in kills:
@@ -363,16 +368,17 @@ def steady_rate(rounds: list[dict]) -> float:
 
 
 def compute_rate(rounds: list[dict], tokens_per_step: int) -> float:
-    """What the pool's workers computed, summed: each worker's tokens over its own
-    time training in the rounds after the first (its duty-cycle rests between steps
-    included; fetching the parameters and waiting for the others left out)."""
+    """What the pool's PCs computed, summed: each PC's tokens over its own time
+    training in the rounds after the first (its duty-cycle rests between steps
+    included; fetching the parameters and waiting for the others left out). A PC
+    back from a power cut under a new name is still one PC."""
     tokens: dict[str, float] = {}
     busy: dict[str, float] = {}
     for r in rounds[1:]:
         for w in r["workers"]:
-            n = w["steps"] * tokens_per_step
-            tokens[w["worker"]] = tokens.get(w["worker"], 0) + n
-            busy[w["worker"]] = busy.get(w["worker"], 0.0) + n / max(w["tokens_per_s"], 1)
+            n, pc = w["steps"] * tokens_per_step, pc_of(w["worker"])
+            tokens[pc] = tokens.get(pc, 0) + n
+            busy[pc] = busy.get(pc, 0.0) + n / max(w["tokens_per_s"], 1)
     return sum(tokens[k] / busy[k] for k in tokens)
 
 
