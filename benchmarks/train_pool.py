@@ -42,8 +42,9 @@ step: a ring all-reduce), divided by the bytes our rounds moved: every worker's
 compressed delta up and the compressed change of the global parameters down,
 every round, plus the whole fp32 parameters for each worker that joins late.
 
-The LAST line printed is a JSON object with eta (and its two parts), frontier, speedup, speedup_at_400,
-peer_eta, peer_speedup, churn_speedup, churn_power_speedup and the raw figures behind them.
+The LAST line printed is a JSON object with eta (and its two parts), frontier,
+speedup, speedup_at_400, peer_eta, peer_speedup, churn_speedup, churn_power_speedup
+and the raw figures behind them.
 """
 
 from __future__ import annotations
@@ -382,6 +383,12 @@ def compute_rate(rounds: list[dict], tokens_per_step: int) -> float:
     return sum(tokens[k] / busy[k] for k in tokens)
 
 
+def eta_parts(rounds: list[dict], tokens_per_step: int, sum_solo: float) -> dict:
+    """eta's two factors (see the module's docstring); their product is eta."""
+    rate, computing = steady_rate(rounds), compute_rate(rounds, tokens_per_step)
+    return {"eta_compute": round(computing / sum_solo, 3), "eta_rounds": round(rate / computing, 3)}
+
+
 def _kv(text: str) -> tuple[str, object]:
     key, _, value = text.partition("=")
     for kind in (int, float):
@@ -447,13 +454,11 @@ def main() -> int:
             moved = rs[-1]["bytes_up"] + rs[-1]["bytes_down"]
             n_params = bench.model.num_params()
             ratio = allreduce_bytes(rs[-1]["tokens"], n_params, len(POOL), bench.tps) / moved
-            rate, computing = steady_rate(rs), compute_rate(rs, bench.tps)
-            eta = rate / sum_solo
+            rate = steady_rate(rs)
             entry = {"sync_steps": sync, "codec": codec, "token_factor": factor, "rounds": len(rs),
                      "bytes_ratio": round(ratio, 1), "speedup": round(t1 / reach, 3) if reach else 0.0,
-                     "reached": reach is not None, "final_val": round(final, 4), "eta": round(eta, 3),
-                     "eta_compute": round(computing / sum_solo, 3), "eta_rounds": round(rate / computing, 3),
-                     "tokens_per_s": round(rate)}
+                     "reached": reach is not None, "final_val": round(final, 4), "eta": round(rate / sum_solo, 3),
+                     **eta_parts(rs, bench.tps, sum_solo), "tokens_per_s": round(rate)}
             frontier.append(entry)
             say(f"pool sync {sync} ({codec}, {factor}x tokens): {entry}")
         out["frontier"] = frontier
@@ -477,13 +482,11 @@ def main() -> int:
             key = "churn_speedup" if mode == "worker" else f"churn_{mode}_speedup"
             out[key] = round(t1 / reach, 3) if reach else 0.0
             lost = rounds_out(rs, run["kills"])
-            rate, computing = steady_rate(rs), compute_rate(rs, bench.tps)
             # eta_compute falls by what new workers' starts take from the others' cores,
             # eta_rounds by the rounds lost PCs spend out.
             out[f"churn_{mode}"] = {"sync_steps": best["sync_steps"], "final_val": round(final, 4),
-                                    "eta_compute": round(computing / sum_solo, 3),
-                                    "eta_rounds": round(rate / computing, 3),
-                                    "kills": run["kills"], "rounds": len(run["rounds"]), "reached": reach is not None,
+                                    **eta_parts(rs, bench.tps, sum_solo),
+                                    "kills": run["kills"], "rounds": len(rs), "reached": reach is not None,
                                     "rounds_out": lost, "mean_rounds_out": round(float(np.mean(lost)), 2)
                                     if lost else None}
             say(f"churn ({mode}): {out[f'churn_{mode}']} speedup {out[key]}")
