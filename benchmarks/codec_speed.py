@@ -29,7 +29,8 @@ sys.path.insert(0, str(REPO))
 from jobs.gpt.codecs import Broadcast, from_fp16, to_fp16  # noqa: E402
 from jobs.gpt.config import load_config  # noqa: E402
 from jobs.gpt.data import default_cache_dir, prepare_data  # noqa: E402
-from jobs.gpt.diloco import LocalTrainer, PoolSchedule, flat_params  # noqa: E402
+from jobs.gpt.diloco import LocalTrainer, flat_params  # noqa: E402
+from jobs.gpt.outer import PoolSchedule  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 
@@ -61,8 +62,8 @@ def main() -> int:
         trainer.run_round(Broadcast(start, "fp32").full(), 17, at * total, 17 * 768, PoolSchedule(total_tokens=total))
         delta = start - flat_params(trainer.model)
         half = to_fp16(delta)
-        ours = best_ms(lambda: to_fp16(delta)) + 5 * best_ms(lambda: from_fp16(half))
-        numpy = best_ms(lambda: delta.astype(np.float16)) + 5 * best_ms(lambda: half.astype(np.float32))
+        ours = best_ms(lambda d=delta: to_fp16(d)) + 5 * best_ms(lambda h=half: from_fp16(h))
+        numpy = best_ms(lambda d=delta: d.astype(np.float16)) + 5 * best_ms(lambda h=half: h.astype(np.float32))
         ratios.append(numpy / ours)
         say(f"at {at:.0%} of the schedule: median |delta| {np.median(np.abs(delta)):.1e}, "
             f"{np.mean(np.abs(delta) < 2**-14):.0%} below float16's normal range; "

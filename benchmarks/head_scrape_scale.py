@@ -41,10 +41,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-from cluster.db import Database  # noqa: E402
-from cluster.state import StateDir  # noqa: E402
+sys.path.insert(0, str(ROOT / "tests" / "support"))
 from localcluster import LocalCluster  # noqa: E402
+
+from cluster.head.db import Database  # noqa: E402
+from cluster.head.hosts import HostRecords  # noqa: E402
+from cluster.head.state import StateDir  # noqa: E402
 from workers.records import GpuInfo, HostInfo  # noqa: E402
 
 REAL_AGENT_GPUS = "RTX 3060:12GB:8.6,GTX 1060:3GB:6.1"
@@ -112,13 +114,14 @@ class Records:
 
     def __init__(self, db_path: Path, addresses: list[str]) -> None:
         self.db = Database(db_path)
+        self.records = HostRecords(self.db)
         self.hosts = [(fake_host(i + 1), address) for i, address in enumerate(addresses)]
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._keep, daemon=True)
 
     def write(self) -> None:
         for info, address in self.hosts:
-            self.db.upsert_host(info, f"bench-{info.name}", address, None)
+            self.records.upsert(info, f"bench-{info.name}", address, None)
 
     def _keep(self) -> None:
         while not self.stopping.wait(KEEPALIVE_S):

@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jobs.science.records import HostCaps, Report  # noqa: E402
-from jobs.science.store import ScienceStore  # noqa: E402
+from cluster.science.states import HostCaps  # noqa: E402
+from cluster.science.store import ScienceStore  # noqa: E402
+from jobs.science.tasks import Report  # noqa: E402
 
 
 @dataclass(frozen=True)

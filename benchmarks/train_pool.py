@@ -65,14 +65,15 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from localcluster import LocalCluster, salvage  # noqa: E402
 
 from jobs.gpt.config import load_config  # noqa: E402
 from jobs.gpt.data import default_cache_dir, fixed_batches, prepare_data  # noqa: E402
-from jobs.gpt.diloco import allreduce_bytes, load_flat  # noqa: E402
+from jobs.gpt.diloco import load_flat  # noqa: E402
 from jobs.gpt.model import GPT  # noqa: E402
+from jobs.gpt.outer import allreduce_bytes  # noqa: E402
 from jobs.gpt.train import evaluate  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"

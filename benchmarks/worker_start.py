@@ -4,7 +4,7 @@
 
 Each run is a fresh Python process that does what a Ray worker does when the
 pool starts a training worker on a PC (a new one, or one that replaces a crashed
-worker): import Ray and torch, build `cluster.poolrun.PoolWorker` with the CPU
+worker): import Ray and torch, build `workers.tasks.pool_worker.PoolWorker` with the CPU
 preset on Tiny Shakespeare (data, model, inner optimizer) and take one local
 step. The baseline process is the same but builds its inner optimizer with
 torch.optim.AdamW, which imports torch._dynamo, as salvage did before. Runs
@@ -31,11 +31,11 @@ CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 CHILD = """
 import sys
 import ray, torch
-from cluster.poolrun import PoolWorker
+from workers.tasks.pool_worker import PoolWorker
 from jobs.gpt import diloco
 from jobs.gpt.codecs import Broadcast
 from jobs.gpt.config import PRESETS
-from jobs.gpt.diloco import PoolSchedule
+from jobs.gpt.outer import PoolSchedule
 
 if sys.argv[1] == "torch":
     def torch_adamw(model, cfg):

@@ -1,16 +1,7 @@
+"""Tests in three tiers: unit/ (no Ray, plain objects, under a minute),
+system/ (real loopback clusters), deploy/ (the shipped configs, scripts and
+docs). support/ holds their helpers."""
 import sys
 from pathlib import Path
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from localcluster import LocalCluster  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def local_cluster(tmp_path_factory):
-    """One loopback cluster per test module: a Ray node costs seconds and RAM."""
-    cluster = LocalCluster(tmp_path_factory.mktemp("state"))
-    cluster.up()
-    yield cluster
-    cluster.down()
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))

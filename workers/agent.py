@@ -25,16 +25,13 @@ from jobs.dutycycle import DUTY_CYCLE_ENV
 from . import benchmark
 from .gpus import GpuReader, open_nvml
 from .headclient import HeadClient, HeadError, HeadUnreachable
-from .host import HostSample, cpu_model, disk_path, sample_host
+from .host import Poll, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
 from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
-from .records import GpuSample, HostInfo
+from .records import HostInfo
 
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 JOIN_TIMEOUT_S = 10.0
-# Set on this PC's Ray node by `worker join --corrupt-results` (tests only):
-# science tasks there forge their results, like a lying volunteer host.
-CORRUPT_RESULTS_ENV = "SALVAGE_TEST_CORRUPT_RESULTS"
 
 
 class JoinError(Exception):
@@ -55,12 +52,6 @@ class AgentConfig:
     duty_cycle: float = 1.0  # the owner's limit: work runs at most this fraction of wall time
     log_dir: Path = field(default_factory=lambda: Path.home() / ".salvage" / "agent")
     ray_env: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Poll:
-    host: HostSample
-    gpus: list[GpuSample]
 
 
 def sanitize_label(value: str) -> str:
@@ -218,7 +209,8 @@ class Agent:
         try:
             server, _ = start_http_server(self.config.metrics_port, addr=bind, registry=self.registry)
         except OSError as err:
-            raise JoinError(f"metrics-port: cannot listen on {bind}:{self.config.metrics_port} ({err.strerror})") from None
+            raise JoinError(f"metrics-port: cannot listen on {bind}:{self.config.metrics_port} "
+                            f"({err.strerror})") from None
         self._metrics_server = server
         self.metrics_addr = f"{bind}:{server.server_port}"
 

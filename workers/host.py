@@ -8,6 +8,8 @@ from pathlib import Path
 
 import psutil
 
+from .records import GpuSample
+
 
 def cpu_model() -> str:
     try:
@@ -43,3 +45,11 @@ def sample_host() -> HostSample:
         disk_used_bytes=int(disk.used),
         disk_total_bytes=int(disk.total),
     )
+
+
+@dataclass
+class Poll:
+    """One poll of this PC: its own sample and each GPU's."""
+
+    host: HostSample
+    gpus: list[GpuSample]

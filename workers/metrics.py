@@ -5,14 +5,13 @@ discovery, so a renamed PC never leaves stale series behind here.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .gpus import THROTTLE_REASONS
-
-if TYPE_CHECKING:
-    from .agent import Agent
+from .gpus import THROTTLE_REASONS, GpuReader
+from .host import Poll
+from .records import HostInfo
 
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
 
@@ -21,8 +20,18 @@ def _gauge(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricF
     return GaugeMetricFamily(f"salvage_{name}", doc, labels=labels or [])
 
 
+class AgentReadings(Protocol):
+    """What the collector reads from the agent at each scrape."""
+
+    host_info: HostInfo
+    last_poll: Poll | None  # None before the first poll
+    state: str
+    speeds: dict[str, float]
+    gpu_reader: GpuReader
+
+
 class AgentCollector:
-    def __init__(self, agent: "Agent"):
+    def __init__(self, agent: AgentReadings):
         self.agent = agent
 
     def describe(self):
@@ -53,7 +62,7 @@ class AgentCollector:
             speed.add_metric([device], gflops * 1e9)
         yield speed
 
-    def _gpu_metrics(self, agent: "Agent"):
+    def _gpu_metrics(self, agent: AgentReadings):
         info = _gauge("gpu_info", "GPU identity.", ["gpu", "uuid", "model", "compute_capability", "driver"])
         for g in agent.host_info.gpus:
             info.add_metric([str(g.index), g.uuid, g.name, g.compute_capability, g.driver], 1.0)

@@ -11,13 +11,13 @@ import contextlib
 import ctypes
 import fcntl
 import os
-import tempfile
-import time
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import psutil

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 
 from jobs.dutycycle import DutyCycle
 from jobs.science.apps.base import Paused
-from jobs.science.records import Report, Task
+from jobs.science.tasks import Report, Task
 
 MAX_ERROR_TEXT = 200
 

@@ -1,0 +1,30 @@
+"""`salvage`: the command line for the head, the workers and the jobs. Each group
+lives in its own module; only this one registers them.
+
+A command imports torch, numpy-heavy job code or the agent inside itself, so
+`salvage --help` and every other command start in a fraction of a second."""
+from __future__ import annotations
+
+import click
+
+from .cluster import cluster
+from .demo import demo
+from .science import science
+from .train import train
+from .worker import worker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """salvage: run a volunteer compute cluster of recycled PCs.
+
+    \b
+    On the head:   salvage cluster up            (prints the join line)
+    On each PC:    salvage worker join HEAD:PORT
+    Anywhere:      salvage cluster status
+    Try it all on this machine: salvage demo
+    """
+
+
+for group in (cluster, worker, train, science, demo):
+    main.add_command(group)

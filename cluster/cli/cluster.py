@@ -1,0 +1,162 @@
+"""`salvage cluster ...`: start, inspect and stop the head of a cluster."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import click
+
+from cluster.head.prometheus import DEPLOY, PrometheusError, command
+from cluster.head.state import (
+    DEFAULT_HTTP_PORT,
+    DEFAULT_RAY_PORT,
+    LOOPBACK,
+    HeadConfig,
+    StateDir,
+    StateError,
+)
+from workers.headclient import HeadClient, HeadError, HeadUnreachable
+from workers.raynode import free_ports, port_in_use
+
+from .common import head_client, state_dir_option, state_of
+from .status_table import render_status
+
+UP_TIMEOUT_S = 200.0  # a slow `ray start --head` may be retried once
+
+
+@click.group()
+def cluster():
+    """Start, inspect and stop the head of a cluster."""
+
+
+@cluster.command()
+@state_dir_option
+@click.option("--host", default=None,
+              help="Address to listen on for PCs on your LAN (turns on token authentication). "
+                   "Without it the cluster stays on loopback, for one machine.")
+@click.option("--port", type=int, default=DEFAULT_RAY_PORT, show_default=True, help="Ray head (GCS) port.")
+@click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
+              help="Port of the head's API, /metrics and Prometheus service discovery.")
+@click.option("--prometheus", "with_prometheus", is_flag=True,
+              help="Also run a local Prometheus with deploy/prometheus's config and alerts.")
+@click.option("--prometheus-port", type=int, default=9090, show_default=True, help="Where that Prometheus listens.")
+@click.option("--foreground", is_flag=True, help="Run the coordinator in this process (for systemd).")
+def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreground):
+    """Start the Ray head and the coordinator, and print the join line for PCs."""
+    state = state_of(state_dir)
+    try:
+        state.create()
+    except StateError as err:
+        raise click.ClickException(str(err)) from None
+    running = state.read_head()
+    if state.running_pid() is not None and running is not None:
+        click.echo(f"a cluster is already running from {state.path} (head {running.api_address}); nothing changed")
+        _print_join(state, running)
+        return
+    bind = host or LOOPBACK
+    try:
+        socket.inet_aton(bind)
+    except OSError:
+        raise click.ClickException(f"host: expected an IPv4 address of this machine, got {bind!r}") from None
+    checked = [("port", port), ("http-port", http_port)]
+    if with_prometheus:
+
+        try:
+            command(DEPLOY / "prometheus.yml", state.path, "")  # the binary is there
+        except PrometheusError as err:
+            raise click.ClickException(str(err)) from None
+        checked.append(("prometheus-port", prometheus_port))
+    for flag, p in checked:
+        if not 0 < p < 65536:
+            raise click.ClickException(f"{flag}: expected 1-65535, got {p}")
+        if port_in_use(bind, p):
+            raise click.ClickException(f"{flag}: {bind}:{p} is already in use (pick another with --{flag})")
+    dashboard_port, client_port = free_ports(2, bind)
+    config = HeadConfig(host=bind, ray_port=port, http_port=http_port, dashboard_port=dashboard_port,
+                        client_port=client_port, auth=host is not None,
+                        prometheus_port=prometheus_port if with_prometheus else None)
+    if config.auth:
+        state.token()  # generated once, kept for every later `up`
+    state.write_head(config)
+    coordinator = [sys.executable, "-m", "cluster.head", "--state-dir", str(state.path)]
+    if foreground:  # systemd's unit: this process becomes the coordinator
+        sys.stdout.flush()
+        os.execv(sys.executable, coordinator)
+    started = time.monotonic()
+    log_path = state.logs / "coordinator.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(coordinator, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    client = HeadClient(config.host, config.http_port, timeout=2.0)
+    while True:
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no log)"]
+            raise click.ClickException(f"the coordinator exited during start-up: {tail[0]} (log: {log_path})")
+        try:
+            client.get("/api/health")
+            break
+        except (HeadUnreachable, HeadError):
+            if time.monotonic() - started > UP_TIMEOUT_S:
+                proc.terminate()
+                raise click.ClickException(
+                    f"the head did not come up within {UP_TIMEOUT_S:.0f} s (log: {log_path})") from None
+            time.sleep(0.3)
+    click.echo(f"cluster up in {time.monotonic() - started:.1f} s: head API {config.api_address}, "
+               f"Ray {config.ray_address}, dashboard http://{config.host}:{config.dashboard_port}")
+    click.echo(f"state: {state.path}")
+    if config.prometheus_port:
+        click.echo(f"Prometheus on http://{config.host}:{config.prometheus_port} "
+                   f"(config and alerts from deploy/prometheus, data in {state.path / 'prometheus'})")
+    _print_join(state, config)
+
+
+def _print_join(state: StateDir, config: HeadConfig) -> None:
+    line = f"salvage worker join {config.api_address}"
+    if config.auth:
+        line += f" --token {state.token()}"
+    click.echo("On each PC, run:")
+    click.echo(f"  {line}")
+
+
+@cluster.command()
+@state_dir_option
+@click.option("--timeout", type=float, default=90.0, show_default=True, help="Seconds to wait before killing.")
+def down(state_dir, timeout):
+    """Stop what `cluster up` started (idempotent). Stored state is kept."""
+    state = state_of(state_dir)
+    pid = state.running_pid()
+    if pid is None:
+        click.echo(f"no cluster is running from {state.path}; nothing to stop")
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while state.running_pid() is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if state.running_pid() is not None:
+        os.kill(pid, signal.SIGKILL)  # its Ray head dies with it (parent-death signal)
+        state.pid_file.unlink(missing_ok=True)
+    config = state.read_head()
+    while config and port_in_use(config.host, config.ray_port) and time.monotonic() < deadline + 45:
+        time.sleep(0.5)  # the Ray head may still be draining: `up` right after must find the port free
+    click.echo(f"cluster from {state.path} stopped; its state is kept")
+
+
+@cluster.command()
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with key `nodes`.")
+def status(state_dir, as_json):
+    """Who is in the cluster, with what hardware, in what state."""
+    client, _ = head_client(state_of(state_dir))
+    try:
+        data = client.get("/api/status")
+    except (HeadError, HeadUnreachable) as err:
+        raise click.ClickException(f"head: {err}") from None
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    render_status(data)

@@ -1,0 +1,40 @@
+"""`python -m cluster.head --state-dir DIR`: the coordinator of the cluster whose
+`head.json` is in DIR (written by `salvage cluster up`)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .state import StateDir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.head")
+    parser.add_argument("--state-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    state = StateDir(args.state_dir)
+    config = state.read_head()
+    if config is None:
+        print(f"state-dir: no head.json in {state.path}; run `salvage cluster up`", file=sys.stderr)
+        return 2
+    if config.auth:
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state.token())
+    # Imported only now: Ray reads its auth settings from the environment once.
+    from .coordinator import Coordinator
+
+    return Coordinator(state, config).run()
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip Ray's exit hooks: with the head gone they can wait on it for minutes.
+    os._exit(code)

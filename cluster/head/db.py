@@ -1,0 +1,248 @@
+"""The head's one database: every table of `STATE_DIR/salvage.db`, and the
+ordered migrations that bring an older file up to date.
+
+`PRAGMA user_version` says which migrations a file has had. A state dir
+written before versions were kept (salvage up to 190fcc0) reads as version 0;
+migration 1 is written so that it also fits such a file: it creates what is
+missing and adds the one column that was added ad hoc then. A file from a
+newer salvage is refused rather than guessed at.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+# Integer codes for the science tables' states are in cluster.science.states.
+_V1_HOSTS_AND_JOBS = """
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY,
+    agent_id TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('alive', 'lost', 'left')),
+    info_json TEXT NOT NULL,
+    speed_gflops REAL NOT NULL,
+    cpu_only INTEGER NOT NULL,
+    metrics_addr TEXT,
+    ray_node_id TEXT,
+    lost_gpus TEXT NOT NULL DEFAULT '[]',
+    joined_at REAL NOT NULL,
+    last_seen REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS train_jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'running', 'done', 'failed', 'stopped')),
+    preset TEXT NOT NULL,
+    config_json TEXT NOT NULL,
+    data TEXT,
+    host TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    stop_requested INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    error TEXT,
+    summary_json TEXT,
+    progress_json TEXT,
+    progress_at REAL,
+    checkpoint TEXT
+);
+CREATE TABLE IF NOT EXISTS train_log (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id INTEGER NOT NULL REFERENCES train_jobs(id),
+    t REAL NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('progress', 'log')),
+    data_json TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS train_log_job ON train_log(job_id, seq);
+"""
+
+# The BOINC-style store (cluster.science.store). need: copies still to send;
+# single: adaptive replication chose one copy; n_sent counts result rows.
+_V1_SCIENCE = """
+CREATE TABLE IF NOT EXISTS sci_host (
+    id   INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE
+);
+CREATE TABLE IF NOT EXISTS sci_batch (
+    id            INTEGER PRIMARY KEY,
+    app           TEXT NOT NULL,
+    version       INTEGER NOT NULL,
+    need_gpu      INTEGER NOT NULL,
+    gpu_capable   INTEGER NOT NULL,
+    min_vram      INTEGER NOT NULL,
+    min_cc        REAL NOT NULL,
+    created       REAL NOT NULL,
+    started       REAL,             -- first copy sent
+    finished      REAL,             -- every WU terminal
+    n_wu          INTEGER NOT NULL,
+    n_wu_unsent   INTEGER NOT NULL, -- WUs never sent to anyone
+    n_done        INTEGER NOT NULL DEFAULT 0,
+    n_error       INTEGER NOT NULL DEFAULT 0,
+    n_assimilated INTEGER NOT NULL DEFAULT 0,
+    output        TEXT NOT NULL     -- JSONL file of canonical results
+);
+CREATE TABLE IF NOT EXISTS sci_wu (
+    id          INTEGER PRIMARY KEY,
+    batch_id    INTEGER NOT NULL,
+    params      TEXT NOT NULL,
+    flops       REAL NOT NULL,
+    min_quorum  INTEGER NOT NULL,
+    target      INTEGER NOT NULL,
+    max_error   INTEGER NOT NULL,
+    max_total   INTEGER NOT NULL,
+    delay_bound REAL NOT NULL,
+    state       INTEGER NOT NULL DEFAULT 0,
+    error       INTEGER NOT NULL DEFAULT 0,
+    need        INTEGER NOT NULL,
+    single      INTEGER NOT NULL DEFAULT 0,
+    n_sent      INTEGER NOT NULL DEFAULT 0,
+    canonical   INTEGER,
+    assim_seq   INTEGER             -- order in the batch's output file
+);
+CREATE INDEX IF NOT EXISTS sci_wu_unsent ON sci_wu(batch_id, id) WHERE need > 0;
+CREATE INDEX IF NOT EXISTS sci_wu_assim ON sci_wu(batch_id, assim_seq) WHERE assim_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS sci_wu_failed ON sci_wu(batch_id, error) WHERE state = 2;
+CREATE TABLE IF NOT EXISTS sci_result (
+    id        INTEGER PRIMARY KEY,
+    wu_id     INTEGER NOT NULL,
+    batch_id  INTEGER NOT NULL,
+    host_id   INTEGER NOT NULL,
+    server    INTEGER NOT NULL,  -- ServerState
+    outcome   INTEGER NOT NULL DEFAULT 0,
+    validate  INTEGER NOT NULL DEFAULT 0,
+    sent      REAL NOT NULL,
+    deadline  REAL NOT NULL,
+    received  REAL,
+    payload   TEXT,              -- result JSON, or the client's error message
+    credit    REAL NOT NULL DEFAULT 0
+);
+-- (wu_id, host_id) is unique: replicas of a WU never share a host.
+CREATE UNIQUE INDEX IF NOT EXISTS sci_result_wu_host ON sci_result(wu_id, host_id);
+-- Holds exactly the in-progress copies: the sweep's deadline scan and host_lost use it.
+CREATE INDEX IF NOT EXISTS sci_result_deadline ON sci_result(deadline) WHERE server = 1;
+-- Per (host, app): adaptive-replication trust, reliability counters, credit.
+CREATE TABLE IF NOT EXISTS sci_host_app (
+    host_id   INTEGER NOT NULL,
+    app       TEXT NOT NULL,
+    cv        INTEGER NOT NULL DEFAULT 0,  -- consecutive valid results
+    n_success INTEGER NOT NULL DEFAULT 0,
+    n_error   INTEGER NOT NULL DEFAULT 0,
+    n_noreply INTEGER NOT NULL DEFAULT 0,
+    n_valid   INTEGER NOT NULL DEFAULT 0,
+    n_invalid INTEGER NOT NULL DEFAULT 0,
+    credit    REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (host_id, app)
+) WITHOUT ROWID;
+-- Per (batch, host) counters so batch_status never scans results.
+CREATE TABLE IF NOT EXISTS sci_batch_host (
+    batch_id  INTEGER NOT NULL,
+    host_id   INTEGER NOT NULL,
+    n_sent    INTEGER NOT NULL DEFAULT 0,
+    n_success INTEGER NOT NULL DEFAULT 0,
+    n_error   INTEGER NOT NULL DEFAULT 0,
+    n_noreply INTEGER NOT NULL DEFAULT 0,
+    n_aborted INTEGER NOT NULL DEFAULT 0,
+    n_valid   INTEGER NOT NULL DEFAULT 0,
+    n_invalid INTEGER NOT NULL DEFAULT 0,
+    credit    REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (batch_id, host_id)
+) WITHOUT ROWID;
+"""
+
+
+def _v1_baseline(conn: sqlite3.Connection) -> None:
+    """The tables as of 190fcc0. Such a file has them already, perhaps without
+    train_jobs.pool_json (added then without a version) and with sci_meta, the
+    science tables' own version mark, which user_version replaces."""
+    _run_script(conn, _V1_HOSTS_AND_JOBS + _V1_SCIENCE)
+    if "pool_json" not in _columns(conn, "train_jobs"):  # NULL: a single-worker job
+        conn.execute("ALTER TABLE train_jobs ADD COLUMN pool_json TEXT")
+    if _has_table(conn, "sci_meta"):
+        row = conn.execute("SELECT value FROM sci_meta WHERE key = 'schema'").fetchone()
+        if row is not None and row[0] != "1":
+            raise DatabaseError(f"sci_meta.schema: expected version 1, got {row[0]}")
+        conn.execute("DROP TABLE sci_meta")
+
+
+# Migration k (1-based) brings a file from user_version k-1 to k. Append only:
+# a released migration never changes, or files that already had it would differ.
+MIGRATIONS = [_v1_baseline]
+LATEST = len(MIGRATIONS)
+
+
+class DatabaseError(Exception):
+    """The database cannot be opened as salvage's; `str()` is the one-line reason."""
+
+
+def _run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Each statement of `script` inside the caller's transaction (executescript
+    would commit it first)."""
+    statement = ""
+    for line in script.splitlines(keepends=True):
+        statement += line
+        if sqlite3.complete_statement(statement):
+            conn.execute(statement)
+            statement = ""
+
+
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection to the state dir's database, migrated to the latest version.
+
+    isolation_level=None: callers run explicit transactions. Several connections
+    (the coordinator's, the science store's) share the file; busy_timeout makes
+    one wait for another's transaction instead of failing with "locked".
+    """
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or
+        # power loss can roll back the last few commits, never corrupt the file.
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Run the migrations this file has not had, each in its own transaction;
+    returns the version it is at now."""
+    while True:
+        conn.execute("BEGIN IMMEDIATE")  # one process migrates; another waits, then sees it done
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > LATEST:
+                raise DatabaseError(f"database: version {version} was written by a newer salvage "
+                                    f"(this one knows up to {LATEST}); upgrade salvage")
+            if version == LATEST:
+                conn.execute("COMMIT")
+                return version
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+class Database:
+    """One connection shared by the coordinator's threads, behind a lock."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = connect(path)
+        self.lock = threading.RLock()
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()

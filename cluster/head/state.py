@@ -1,0 +1,121 @@
+"""Where a cluster keeps its files, and how commands find a running one.
+
+Every command takes `--state-dir` (default `$SALVAGE_STATE_DIR` or
+`~/.salvage`), so several clusters can run side by side.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+DEFAULT_HTTP_PORT = 8470
+DEFAULT_RAY_PORT = 6379
+LOOPBACK = "127.0.0.2"  # Ray rewrites 127.0.0.1 to the routable address; this it leaves alone
+
+
+class StateError(Exception):
+    """A state dir problem; `str()` is the one-line reason."""
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("SALVAGE_STATE_DIR") or Path.home() / ".salvage")
+
+
+@dataclass
+class HeadConfig:
+    """How `cluster up` started this head; read by every other command."""
+
+    host: str  # the address the head listens on and agents reach
+    ray_port: int
+    http_port: int
+    dashboard_port: int
+    client_port: int
+    auth: bool
+    prometheus_port: int | None = None  # set by `up --prometheus`
+
+    @property
+    def api_address(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def ray_address(self) -> str:
+        return f"{self.host}:{self.ray_port}"
+
+
+class StateDir:
+    def __init__(self, path: Path):
+        self.path = Path(path).expanduser()
+
+    @property
+    def db_path(self) -> Path:
+        return self.path / "salvage.db"
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def head_file(self) -> Path:
+        return self.path / "head.json"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.path / "coordinator.pid"
+
+    @property
+    def token_file(self) -> Path:
+        return self.path / "token"
+
+    def create(self) -> None:
+        """Make the dir (and check it is writable) before anything starts."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.logs.mkdir(exist_ok=True)
+            probe = self.path / ".write-test"
+            probe.write_text("ok")
+            probe.unlink()
+        except OSError as err:
+            raise StateError(f"state-dir: cannot write to {self.path} ({err.strerror or err})") from None
+
+    def token(self) -> str:
+        """The cluster's Ray/API token, generated once and kept (mode 600)."""
+        if self.token_file.exists():
+            return self.token_file.read_text().strip()
+        token = secrets.token_hex(32)
+        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+        return token
+
+    def write_head(self, config: HeadConfig) -> None:
+        tmp = self.head_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(config)))
+        os.replace(tmp, self.head_file)
+
+    def read_head(self) -> HeadConfig | None:
+        try:
+            return HeadConfig(**json.loads(self.head_file.read_text()))
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def running_pid(self) -> int | None:
+        """The coordinator's pid if it is alive."""
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # A zombie or a reused pid is not our coordinator.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return pid
+        return pid if b"cluster.head" in cmdline or b"cluster up" in cmdline.replace(b"\0", b" ") else None

@@ -1,0 +1,59 @@
+"""The science endpoints of the head's API: submit a batch, its status, its
+results, and the store's consistency check."""
+from __future__ import annotations
+
+import io
+from typing import Callable
+
+from cluster.head.http import ApiError, Route
+
+from .store import ScienceStore
+
+
+class ScienceApi:
+    def __init__(self, store: ScienceStore, log: Callable[[str], None]):
+        self.store = store
+        self.log = log
+
+    def routes(self) -> dict:
+        return {("POST", "/api/science/submit"): Route(self.api_submit),
+                ("POST", "/api/science/status"): Route(self.api_status),
+                ("POST", "/api/science/export"): Route(self.api_export),
+                ("POST", "/api/science/check"): Route(self.api_check)}
+
+    def api_submit(self, body: dict) -> dict:
+        app, params = body.get("app"), body.get("params")
+        if not isinstance(params, list) or not params:
+            raise ApiError(400, "params: expected a non-empty list of parameter objects")
+        policy = {k: v for k, v in (body.get("policy") or {}).items() if v is not None}
+        try:
+            batch = self.store.submit(app, params, **policy)
+        except (ValueError, TypeError) as err:
+            raise ApiError(400, str(err).splitlines()[0]) from None
+        self.log(f"science batch {batch} submitted: {len(params)} work units of {app}")
+        return {"batch": batch}
+
+    def api_status(self, body: dict) -> dict:
+        batch = body.get("batch")
+        if batch is None:
+            return {"batches": self.store.batches(), "credit_by_host": self.store.credit_by_host(),
+                    "credit_by_app": self.store.credit_by_app(), "hosts": self.store.host_stats()}
+        try:
+            return self.store.batch_status(int(batch))
+        except (KeyError, ValueError, TypeError):
+            raise ApiError(404, f"batch: no science batch {batch!r}") from None
+
+    def api_check(self, _body: dict) -> dict:
+        return {"violations": self.store.check_consistency()}
+
+    def api_export(self, body: dict) -> dict:
+        try:
+            batch, fmt = int(body.get("batch")), body.get("format", "jsonl")
+            status = self.store.batch_status(batch)
+        except (KeyError, ValueError, TypeError):
+            raise ApiError(404, f"batch: no science batch {body.get('batch')!r}") from None
+        if fmt not in ("jsonl", "csv"):
+            raise ApiError(400, f"format: expected csv or jsonl, got {fmt!r}")
+        out = io.StringIO()
+        self.store.export(batch, fmt, out)
+        return {"text": out.getvalue(), "done": status["done"]}

@@ -1,0 +1,152 @@
+"""Science on the head: the store (cluster.science.store) decides what is owed;
+this ships it to the Ray nodes in batches and brings the reports back, in a
+thread of its own so dispatch never waits on the coordinator's slower loop."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from cluster.head.hosts import HostRecords, HostRow
+from cluster.head.raynodes import RayNodes
+from jobs.science.tasks import Report
+from workers.tasks.science import run_science_tasks
+
+from .states import GpuCaps, HostCaps
+from .store import ScienceStore
+
+TASK_SECONDS = 2.0  # aim each Ray task at this long, as a BOINC client sizes its work fetch
+MAX_UNITS = 2000
+FIRST_UNITS = 8
+IN_FLIGHT_PER_HOST = 2  # one running, one waiting on the node: no idle gap between them
+SWEEP_EVERY_S = 5.0
+POOL_REFRESH_S = 0.5
+
+
+def next_units(units: int, took_s: float) -> int:
+    """Units per task for a host whose last task of `units` took `took_s`: as many
+    as fill TASK_SECONDS at that pace, between 1 and MAX_UNITS."""
+    return max(1, min(MAX_UNITS, int(units * TASK_SECONDS / max(took_s, 1e-3))))
+
+
+def hosts_with_room(hosts: list[HostRow], out: dict[str, int], training: dict[str, int]) -> list[HostRow]:
+    """The hosts that can take another science task now, in the order given:
+    not training (training comes first), fewer than IN_FLIGHT_PER_HOST out."""
+    return [r for r in hosts if out.get(r.name, 0) < IN_FLIGHT_PER_HOST and not training.get(r.name)]
+
+
+def host_caps(row: HostRow) -> HostCaps:
+    info = row.info
+    return HostCaps(name=row.name, cpu_only=info.cpu_only,
+                    gpus=[GpuCaps(g.vram_bytes, float(g.compute_capability)) for g in info.gpus],
+                    speed_gflops=info.speed_gflops)
+
+
+class ScienceDispatch:
+    """`training` says how many training workers each host runs now."""
+
+    def __init__(self, store: ScienceStore, hosts: HostRecords, nodes: RayNodes,
+                 training: Callable[[], dict[str, int]], log: Callable[[str], None], stopping: threading.Event):
+        self.store = store
+        self.hosts = hosts
+        self.nodes = nodes
+        self.training = training
+        self.log = log
+        self.stopping = stopping
+        self.remote = ray.remote(run_science_tasks)
+        self.inflight: dict[object, tuple[str, str, list[int], float, int]] = {}  # ref -> host, node, ids, t0, n
+        self.units: dict[str, int] = {}  # host -> units per task, adapted to its speed
+        self.reported = 0
+        self._pool_cache: tuple[list, dict[str, int]] = ([], {})
+        self._pool_at = 0.0
+        # Whatever was out when the head stopped will never be reported: hand it back, no penalty.
+        for host in self.hosts.all():
+            ids = self.store.in_progress(host.name)
+            if ids:
+                self.store.release(host.name, ids)
+
+    def host_lost(self, name: str) -> None:
+        self.store.host_lost(name)
+
+    def _pool(self) -> tuple[list[HostRow], dict[str, int]]:
+        """Alive hosts in the order they get work, and who is training.
+
+        Re-read twice a second, not at every dispatch: the dispatch loop turns
+        many times a second and the head's other threads share the database.
+        """
+        now = time.monotonic()
+        if now - self._pool_at > POOL_REFRESH_S:
+            hosts = self.hosts.alive()
+            # Fast and reliable hosts ask first, so they get the scarce work.
+            hosts.sort(key=lambda r: -r.info.speed_gflops * self.store.host_reliability(r.name))
+            self._pool_cache = (hosts, self.training())
+            self._pool_at = now
+        return self._pool_cache
+
+    def dispatch(self) -> bool:
+        """Hand work to every host with room; True if anything was sent."""
+        sent = False
+        hosts, training = self._pool()
+        for row in hosts_with_room(hosts, self.running_on(), training):
+            node = self.nodes.node_of(row.name)
+            if node is None:
+                continue
+            tasks = self.store.fetch_work(host_caps(row), self.units.get(row.name, FIRST_UNITS))
+            if not tasks:
+                continue
+            real_gpu = bool(row.info.gpus) and not row.info.simulated
+            ref = self.remote.options(
+                num_cpus=1, max_retries=0,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            ).remote([(t.result_id, t.wu_id, t.app, t.version, t.params_json) for t in tasks],
+                     "cuda" if real_gpu else "cpu")
+            self.inflight[ref] = (row.name, node["NodeID"], [t.result_id for t in tasks],
+                                  time.monotonic(), len(tasks))
+            sent = True
+        return sent
+
+    def collect(self, timeout: float) -> None:
+        if not self.inflight:
+            time.sleep(timeout)
+            return
+        ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=timeout)
+        for ref in ready:
+            host, node_id, ids, t0, n = self.inflight.pop(ref)
+            try:
+                reports = [Report(*row) for row in ray.get(ref)]
+            except ray.exceptions.RayError as err:
+                # The node or worker died: its copies are no-replies, reissued elsewhere.
+                self.log(f"science task on {host} failed ({type(err).__name__}); its work is reissued")
+                if isinstance(err, (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)):
+                    self.nodes.mark_dead(node_id)
+                self.store.host_lost(host)
+                continue
+            self.store.report(host, reports)
+            self.reported += len(reports)
+            unreported = set(ids) - {r.result_id for r in reports}
+            if unreported:
+                self.store.release(host, list(unreported))
+            self.units[host] = next_units(n, time.monotonic() - t0)
+
+    def run(self) -> None:
+        next_sweep = 0.0
+        while not self.stopping.is_set():
+            try:
+                self.dispatch()
+                self.collect(timeout=0.05)
+                if time.monotonic() > next_sweep:
+                    self.store.sweep()
+                    next_sweep = time.monotonic() + SWEEP_EVERY_S
+            except Exception as err:  # keep dispatching; the store's state is durable
+                self.log(f"science loop error: {err!r}")
+                time.sleep(1.0)
+
+    def running_on(self) -> dict[str, int]:
+        """Science tasks out per host."""
+        out: dict[str, int] = {}
+        for host, *_ in list(self.inflight.values()):
+            out[host] = out.get(host, 0) + 1
+        return out

@@ -1,0 +1,77 @@
+"""The Ray actor of one pool job's worker, on the device the head chose. It keeps
+its model, inner optimizer and batch stream between rounds; the maths is plain
+PyTorch in `jobs.gpt.diloco`. The head imports this module to start the actor,
+so torch is imported inside its methods, on the PC only.
+"""
+from __future__ import annotations
+
+import io
+import time
+
+import ray
+
+from jobs.dutycycle import DutyCycle
+from jobs.gpt.config import GPTConfig
+
+
+class PoolWorker:
+    def __init__(self, config: dict, data: str | None, seed: int, codec: str,
+                 sampler_state: dict | None = None):
+        from jobs.gpt.data import default_cache_dir, fixed_batches, prepare_data
+        from jobs.gpt.diloco import LocalTrainer
+
+        self.cfg = GPTConfig.from_dict(config)
+        t = self.cfg.train
+        self.data = prepare_data(data, t.tokenizer, self.cfg.model.block_size, default_cache_dir())
+        self.trainer = LocalTrainer(self.cfg, self.data.train, self.data.tokenizer.vocab_size, seed=seed,
+                                    codec=codec, throttle=DutyCycle.from_env())
+        if sampler_state:
+            self.trainer.sampler.load_state_dict(sampler_state)
+        self.val = fixed_batches(self.data.val, self.cfg.model.block_size, t.batch_size, t.eval_iters, t.seed + 1)
+
+    def info(self) -> dict:
+        return {"device": self.trainer.describe(), "n_params": self.trainer.model.num_params(),
+                "note": self.data.note, "data": self.data.corpus_name}
+
+    def initial_params(self):
+        from jobs.gpt.diloco import flat_params
+
+        return flat_params(self.trainer.model)
+
+    def run_round(self, message_box: list, steps: int, start_tokens: float, round_tokens: float, schedule,
+                  budget_s: float | None, overrun_cost: float = 1.0) -> tuple:
+        """Returns (codec, data, scales, size, tokens, steps, wall_s, fetch_s, loss, sampler_state).
+
+        The round's parameters (whole, or as a change to the last ones) come boxed in
+        a list so that fetching them is timed here: that is this worker's link."""
+        t0 = time.perf_counter()
+        message = ray.get(message_box[0])
+        fetch_s = time.perf_counter() - t0
+        r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s, overrun_cost)
+        d = r.delta
+        return (d.codec, d.data, d.scales, d.size, r.tokens, r.steps, time.perf_counter() - t0, fetch_s,
+                r.loss, r.sampler_state)
+
+    def evaluate(self, params) -> float:
+        from jobs.gpt.train import evaluate
+
+        self._load(params)
+        return evaluate(self.trainer.model, self.val, self.trainer.micro, self.trainer.dev, self.trainer.autocast)
+
+    def export(self, params, tokens: int, val_loss: float | None) -> bytes:
+        """A single-worker checkpoint of the global model, so `train sample` reads it."""
+        import torch
+
+        from jobs.gpt.checkpoint import FORMAT, VERSION
+
+        self._load(params)
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, "version": VERSION, "iter": int(tokens // self.trainer.tokens_per_step),
+                    "val_loss": val_loss, "model": self.trainer.model.state_dict(), "config": self.cfg.to_dict(),
+                    "tokenizer": self.data.tokenizer.to_dict()}, buf)
+        return buf.getvalue()
+
+    def _load(self, params) -> None:
+        from jobs.gpt.diloco import load_flat
+
+        load_flat(self.trainer.model, params)
