@@ -121,7 +121,7 @@ class Records:
 
     def write(self) -> None:
         for info, address in self.hosts:
-            self.records.upsert(info, f"bench-{info.name}", address, None)
+            self.records.upsert(info, f"bench-{info.name}", address, None, secret_hash=None, machine=info.name)
 
     def _keep(self) -> None:
         while not self.stopping.wait(KEEPALIVE_S):

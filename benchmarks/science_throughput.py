@@ -19,8 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
 from localcluster import LocalCluster  # noqa: E402
 
-from workers.headclient import HeadClient  # noqa: E402
-
 
 def ray_tasks_per_s(address: str, n: int) -> float:
     import ray
@@ -54,8 +52,7 @@ def main() -> None:
                 cluster.join(name, "")
             for name in names:
                 cluster.wait_state(name, "alive", timeout=120)
-            host, port = cluster.address.split(":")
-            head = HeadClient(host, int(port), timeout=120)
+            head = cluster.client(timeout=120)
             # Warm-up batch: Ray starts its worker processes on each node.
             warm = head.post("/api/science/submit", {"app": "noop", "params": [{"x": i} for i in range(200)],
                                                      "policy": {"min_quorum": 2, "target_nresults": 2}})["batch"]

@@ -24,14 +24,14 @@ from jobs.dutycycle import DUTY_CYCLE_ENV
 
 from . import benchmark
 from .gpus import GpuReader, open_nvml
-from .headclient import HeadClient, HeadError, HeadUnreachable
+from .headclient import HeadClient, HeadError, HeadUnreachable, fetch_ca
 from .host import Poll, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
 from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
-from .records import HostInfo
+from .records import NAME_RE, HostInfo
 
-NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 JOIN_TIMEOUT_S = 10.0
+MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
 class JoinError(Exception):
@@ -42,7 +42,8 @@ class JoinError(Exception):
 class AgentConfig:
     address: str  # the head's HOST:PORT (its HTTP API)
     name: str
-    token: str | None = None
+    token: str  # the cluster's: every request to the head and to Ray carries it
+    ca_fingerprint: str | None = None  # a head on the LAN: its CA, as its join line shows it
     metrics_port: int = 9470
     simulate_gpus: str | None = None
     poll_interval: float = 5.0
@@ -58,6 +59,18 @@ def sanitize_label(value: str) -> str:
     """Ray label values allow [A-Za-z0-9_.-] only, 63 chars at most."""
     cleaned = re.sub(r"[^A-Za-z0-9_.-]+", "-", value).strip("-_.")[:63].strip("-_.")
     return cleaned or "unknown"
+
+
+def machine_id() -> str:
+    """This PC's identity, the same for every agent (and name) it runs."""
+    for path in MACHINE_ID_FILES:
+        try:
+            text = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if re.fullmatch(r"[0-9a-f]{32}", text):
+            return text
+    return f"host-{socket.gethostname()}"[:100]
 
 
 def local_ip_towards(host: str) -> str:
@@ -94,10 +107,24 @@ class Agent:
         host, _, port = config.address.rpartition(":")
         if not host or not port.isdigit():
             raise JoinError(f"address: expected HOST:PORT of the head, got {config.address!r}")
+        self.head_host, self.head_port = host, int(port)
         self.head = HeadClient(host, int(port), config.token)
-        self.head_host = host
 
     # --- the steps of a join ---
+    def trust_head(self) -> None:
+        """A head on the LAN speaks TLS: take its CA once, pinned to the join line's
+        fingerprint, and check every later answer against it."""
+        if not self.config.ca_fingerprint:
+            return
+        ca_file = self.config.log_dir / f"head-ca-{self.head_host}-{self.head_port}.pem"
+        try:
+            pem = fetch_ca(self.head_host, self.head_port, self.config.ca_fingerprint)
+        except (HeadError, HeadUnreachable) as err:
+            raise JoinError(str(err)) from None
+        ca_file.parent.mkdir(parents=True, exist_ok=True)
+        ca_file.write_text(pem)
+        self.head = HeadClient(self.head_host, self.head_port, self.config.token, ca_file=ca_file)
+
     def contact_head(self) -> dict:
         deadline = time.monotonic() + JOIN_TIMEOUT_S
         while True:
@@ -105,11 +132,13 @@ class Agent:
                 return self.head.get("/api/cluster")
             except HeadError as err:
                 raise JoinError(f"{err}") from None
-            except HeadUnreachable:
+            except HeadUnreachable as err:
                 if time.monotonic() > deadline:
+                    hint = "" if self.config.ca_fingerprint else \
+                        "; a head on the LAN needs --ca-fingerprint from its join line"
                     raise JoinError(
                         f"address: no salvage head answers at {self.config.address} "
-                        f"(is `salvage cluster up` running there?)") from None
+                        f"(is `salvage cluster up` running there?{hint}) [{err}]") from None
                 time.sleep(0.5)
 
     def probe(self) -> HostInfo:
@@ -122,7 +151,7 @@ class Agent:
             ram_bytes=psutil.virtual_memory().total, disk_bytes=disk.total,
             gpus=gpus, notes=list(self.gpu_reader.notes),
             simulated=self.config.simulate_gpus is not None,
-            duty_cycle=self.config.duty_cycle,
+            duty_cycle=self.config.duty_cycle, machine_id=machine_id(),
         )
         self.host_info = info
         return info
@@ -152,9 +181,32 @@ class Agent:
         self.speeds.update({f"gpu{g.index}": g.speed_gflops or 0.0 for g in info.gpus})
         return age
 
+    # --- this PC's credential: the secret the head gave its name at the first join ---
+    @property
+    def secret_file(self) -> Path:
+        return self.config.log_dir / f"{self.config.name}.secret"
+
+    def secret(self) -> str | None:
+        try:
+            return self.secret_file.read_text().strip() or None
+        except OSError:
+            return None
+
+    def keep_secret(self, secret: str) -> None:
+        """Written 0600 and in one step: the name is lost to this PC without it."""
+        self.secret_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.secret_file.with_name(f".{self.secret_file.name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.secret_file)
+
     def check_name_free(self) -> None:
         try:
-            self.head.post("/api/hosts/check", {"name": self.config.name, "agent_id": self.agent_id})
+            self.head.post("/api/hosts/check", {"name": self.config.name, "agent_id": self.agent_id,
+                                                "secret": self.secret()})
         except HeadError as err:
             raise JoinError(str(err)) from None
 
@@ -163,6 +215,7 @@ class Agent:
         ip = self.config.node_ip or local_ip_towards(self.head_host)
         labels = {
             "salvage.io/host": info.name,
+            "salvage.io/agent": self.agent_id,  # the head binds this registration to this very node
             "salvage.io/cpu-only": "true" if info.cpu_only else "false",
             "salvage.io/speed-gflops": str(int(info.speed_gflops)),
             "salvage.io/duty-cycle": f"{self.config.duty_cycle:g}",
@@ -180,7 +233,7 @@ class Agent:
         store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
         if store:
             args += ["--object-store-memory", store]
-        env = ray_env(self.config.token if cluster.get("auth") else None, self.config.ray_env)
+        env = ray_env(self.config.token, self.config.ray_env)
         # Ray's workers inherit the raylet's environment: every job this node runs sees the limit.
         env[DUTY_CYCLE_ENV] = repr(self.config.duty_cycle)
         self.ray_node = RayNode(args, env, self.config.log_dir / f"{info.name}-ray.log")
@@ -189,11 +242,13 @@ class Agent:
 
     def register(self) -> None:
         body = {"host": self.host_info.to_dict(), "agent_id": self.agent_id,
-                "metrics_addr": self.metrics_addr}
+                "metrics_addr": self.metrics_addr, "secret": self.secret()}
         deadline = time.monotonic() + 60
         while True:
             try:
-                self.head.post("/api/hosts/register", body)
+                reply = self.head.post("/api/hosts/register", body)
+                if reply.get("secret"):  # the first join of this name: from now on it is ours
+                    self.keep_secret(reply["secret"])
                 return
             except HeadError as err:
                 # 425: the head has not seen our Ray node yet; it takes a few seconds.
@@ -217,7 +272,10 @@ class Agent:
     # --- running ---
     def poll(self) -> None:
         start = time.perf_counter()
-        self.last_poll = Poll(host=sample_host(), gpus=self.gpu_reader.sample())
+        try:
+            self.last_poll = Poll(host=sample_host(), gpus=self.gpu_reader.sample())
+        except Exception as err:  # a driver hiccup must not take the PC out: keep the last reading
+            self.say(f"note: hardware poll failed ({type(err).__name__}: {err}); trying again next poll")
         self.poll_seconds.observe(time.perf_counter() - start)
 
     def heartbeat(self) -> None:
@@ -228,7 +286,10 @@ class Agent:
             reply = self.head.post("/api/hosts/heartbeat", body)
         except HeadError as err:
             if err.status == 404:  # the head forgot us (e.g. its state was reset): register again
-                self.register()
+                try:
+                    self.register()
+                except JoinError as refused:  # e.g. 409: another agent holds the name now
+                    self.say(f"note: registering again failed ({refused}); trying again next beat")
             return
         except HeadUnreachable:
             return  # the head may be restarting; keep working and try again next beat
@@ -238,6 +299,8 @@ class Agent:
             self.state = "busy" if reply.get("running") else "idle"
 
     def run(self) -> int:
+        os.umask(0o077)  # its secret, the head's CA and its Ray logs are this PC owner's alone
+        self.trust_head()
         cluster = self.contact_head()
         self.say(f"head at {self.config.address} (Ray {cluster['ray_address']})")
         info = self.probe()

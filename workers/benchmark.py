@@ -41,7 +41,7 @@ def measure(device: str, seconds: float = 0.5) -> float:
 
 def run_in_child(gpu_indices: list[int], timeout: float = 120.0) -> dict[str, float]:
     """Measure CPU and the given CUDA devices in a child process."""
-    cmd = [sys.executable, "-m", "workers.benchmark", *map(str, gpu_indices)]
+    cmd = [sys.executable, "-P", "-m", "workers.benchmark", *map(str, gpu_indices)]  # -P: not the cwd on the path
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 

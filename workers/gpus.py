@@ -34,6 +34,7 @@ class GpuReader:
         self.notes: list[str] = []
         self._events = None
         self.xid_errors: dict[int, int] = {}
+        self.errors: dict[int, int] = {}  # NVML errors other than "lost", per GPU, since start
         self._started = False
 
     def start(self) -> None:
@@ -93,7 +94,8 @@ class GpuReader:
         return value * scale if scale != 1.0 else value
 
     def sample(self) -> list[GpuSample]:
-        """Live readings of every GPU; a lost GPU shows as lost, the others read on."""
+        """Live readings of every GPU; a lost GPU shows as lost, one whose reading
+        failed otherwise shows no readings this time, and the others read on."""
         samples = []
         for index in range(len(self.handles)):
             try:
@@ -102,9 +104,10 @@ class GpuReader:
                 handle = self.nvml.nvmlDeviceGetHandleByIndex(index)
                 samples.append(self._sample_one(index, handle))
             except self.nvml.NVMLError as err:
-                if err.value != self.nvml.NVML_ERROR_GPU_IS_LOST:
-                    raise
-                samples.append(GpuSample(index=index, lost=True))
+                lost = err.value == self.nvml.NVML_ERROR_GPU_IS_LOST
+                if not lost:  # a transient error (busy driver, timeout): this poll has no readings
+                    self.errors[index] = self.errors.get(index, 0) + 1
+                samples.append(GpuSample(index=index, lost=lost))
         self._drain_xid_events()
         return samples
 

@@ -2,8 +2,11 @@
 the CLI: small JSON requests, and files streamed both ways. Stdlib only."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import shutil
+import ssl
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,11 +32,39 @@ def _error(err: urllib.error.HTTPError) -> HeadError:
     return HeadError(err.code, message)
 
 
+def fingerprint(pem: str) -> str:
+    """`sha256:` and the hex digest of a PEM certificate's DER bytes, as the join line shows it."""
+    return "sha256:" + hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).hexdigest()
+
+
+def fetch_ca(host: str, port: int, expected: str, timeout: float = 10.0) -> str:
+    """The head's CA certificate (PEM), fetched once without verification and
+    accepted only if its fingerprint is the one the join line carries; every
+    later request is verified against it."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(f"https://{host}:{port}/api/tls/ca", timeout=timeout, context=context) as r:
+            pem = r.read().decode("ascii", errors="replace")
+        got = fingerprint(pem)
+    except (OSError, ValueError) as err:
+        raise HeadUnreachable(f"https://{host}:{port}: cannot fetch the head's CA ({err})") from None
+    if not hmac.compare_digest(got, expected.strip().lower()):
+        raise HeadError(495, f"ca-fingerprint: the head at {host}:{port} shows CA {got}, not {expected}; "
+                             "is this the head whose join line you copied?")
+    return pem
+
+
 class HeadClient:
-    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 5.0):
-        self.base = f"http://{host}:{port}"
+    """`ca_file`: the head's CA, for a head on the LAN (HTTPS); None on loopback (HTTP)."""
+
+    def __init__(self, host: str, port: int, token: str | None = None, timeout: float = 5.0,
+                 ca_file: Path | None = None):
+        self.base = f"{'https' if ca_file else 'http'}://{host}:{port}"
         self.token = token
         self.timeout = timeout
+        self.context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
 
     def _request(self, method: str, path: str, data=None, content_type: str = "application/json",
                  length: int | None = None) -> urllib.request.Request:
@@ -48,7 +79,8 @@ class HeadClient:
     def request(self, method: str, path: str, body: dict | None = None) -> dict:
         data = None if body is None else json.dumps(body).encode()
         try:
-            with urllib.request.urlopen(self._request(method, path, data), timeout=self.timeout) as resp:
+            with urllib.request.urlopen(self._request(method, path, data), timeout=self.timeout,
+                                        context=self.context) as resp:
                 return json.loads(resp.read() or b"{}")
         except urllib.error.HTTPError as err:
             raise _error(err) from None
@@ -66,7 +98,7 @@ class HeadClient:
         with open(source, "rb") as f:  # an open file survives the writer's atomic replace
             req = self._request("POST", path, f, "application/octet-stream", length=source.stat().st_size)
             try:
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                with urllib.request.urlopen(req, timeout=timeout, context=self.context) as resp:
                     return json.loads(resp.read() or b"{}")
             except urllib.error.HTTPError as err:
                 raise _error(err) from None
@@ -76,7 +108,8 @@ class HeadClient:
     def download(self, path: str, dest: Path, timeout: float = 300.0) -> bool:
         """GET `path` into the file `dest`; False if the head has none (404)."""
         try:
-            with urllib.request.urlopen(self._request("GET", path), timeout=timeout) as resp, \
+            with urllib.request.urlopen(self._request("GET", path), timeout=timeout,
+                                        context=self.context) as resp, \
                     open(dest, "wb") as out:
                 shutil.copyfileobj(resp, out)
             return True

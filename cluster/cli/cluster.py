@@ -20,7 +20,7 @@ from cluster.head.state import (
     StateDir,
     StateError,
 )
-from workers.headclient import HeadClient, HeadError, HeadUnreachable
+from workers.headclient import HeadClient, HeadError, HeadUnreachable, fingerprint
 from workers.raynode import free_ports, port_in_use
 
 from .common import head_client, state_dir_option, state_of
@@ -37,8 +37,9 @@ def cluster():
 @cluster.command()
 @state_dir_option
 @click.option("--host", default=None,
-              help="Address to listen on for PCs on your LAN (turns on token authentication). "
-                   "Without it the cluster stays on loopback, for one machine.")
+              help="Address to listen on for PCs on your LAN: the API then speaks TLS with a CA the head "
+                   "makes, and /metrics needs the token too. Without it the cluster stays on loopback, "
+                   "for one machine. Either way every request needs the cluster's token.")
 @click.option("--port", type=int, default=DEFAULT_RAY_PORT, show_default=True, help="Ray head (GCS) port.")
 @click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
               help="Port of the head's API, /metrics and Prometheus service discovery.")
@@ -48,9 +49,11 @@ def cluster():
 @click.option("--foreground", is_flag=True, help="Run the coordinator in this process (for systemd).")
 def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreground):
     """Start the Ray head and the coordinator, and print the join line for PCs."""
+    os.umask(0o077)  # the state dir holds the token, the database and the logs: the owner's alone
     state = state_of(state_dir)
     try:
         state.create()
+        state.check_token()  # made at the first `up`; an empty, short or readable one is refused
     except StateError as err:
         raise click.ClickException(str(err)) from None
     running = state.read_head()
@@ -78,12 +81,16 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreg
             raise click.ClickException(f"{flag}: {bind}:{p} is already in use (pick another with --{flag})")
     dashboard_port, client_port = free_ports(2, bind)
     config = HeadConfig(host=bind, ray_port=port, http_port=http_port, dashboard_port=dashboard_port,
-                        client_port=client_port, auth=host is not None,
+                        client_port=client_port, lan=host is not None,
                         prometheus_port=prometheus_port if with_prometheus else None)
-    if config.auth:
-        state.token()  # generated once, kept for every later `up`
+    ca = None
+    if config.lan:
+        from cluster.head import tls  # the cryptography package, for LAN heads only
+
+        ca = tls.ensure(state.tls_dir, bind).ca
     state.write_head(config)
-    coordinator = [sys.executable, "-m", "cluster.head", "--state-dir", str(state.path)]
+    # -P: never the caller's directory on the import path (a stray .py there would be imported).
+    coordinator = [sys.executable, "-P", "-m", "cluster.head", "--state-dir", str(state.path)]
     if foreground:  # systemd's unit: this process becomes the coordinator
         sys.stdout.flush()
         os.execv(sys.executable, coordinator)
@@ -92,7 +99,7 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreg
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(coordinator, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
-    client = HeadClient(config.host, config.http_port, timeout=2.0)
+    client = HeadClient(config.host, config.http_port, timeout=2.0, ca_file=ca)
     while True:
         if proc.poll() is not None:
             tail = log_path.read_text(errors="replace").strip().splitlines()[-1:] or ["(no log)"]
@@ -116,11 +123,15 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreg
 
 
 def _print_join(state: StateDir, config: HeadConfig) -> None:
-    line = f"salvage worker join {config.api_address}"
-    if config.auth:
-        line += f" --token {state.token()}"
-    click.echo("On each PC, run:")
-    click.echo(f"  {line}")
+    """How a PC joins. The token itself is never printed nor put on a command line:
+    it travels as a file (or on standard input) and stays mode 600."""
+    if config.lan:
+        ca = fingerprint((state.tls_dir / "ca.pem").read_text())
+        click.echo(f"On each PC, copy the token file {state.token_file} to it (mode 600), then run:")
+        click.echo(f"  salvage worker join {config.api_address} --token-file TOKEN_FILE --ca-fingerprint {ca}")
+    else:
+        click.echo("A PC on this machine joins with:")
+        click.echo(f"  salvage worker join {config.api_address} --token-file {state.token_file}")
 
 
 @cluster.command()

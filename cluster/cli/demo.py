@@ -18,7 +18,7 @@ import click
 
 from workers.raynode import free_ports
 
-SALVAGE = [sys.executable, "-m", "cluster.cli"]
+SALVAGE = [sys.executable, "-P", "-m", "cluster.cli"]  # -P: never the caller's directory on the path
 
 DEMO_PCS = {"pc-gtx1060": "GTX 1060:3GB:6.1", "pc-rtx3060": "RTX 3060:12GB:8.6"}
 
@@ -56,9 +56,9 @@ class Demo:
             click.secho(f"$ salvage worker join {address} --name {name} --simulate-gpus '{spec}' &", fg="cyan")
             with open(logs / f"agent-{name}.log", "ab") as log:
                 self.agents.append(subprocess.Popen(
-                    [*SALVAGE, "worker", "join", address, "--name", name,
-                     "--simulate-gpus", spec, "--metrics-port", "0", "--num-cpus", "1",
-                     "--log-dir", str(logs)],
+                    [*SALVAGE, "worker", "join", address, "--name", name, "--token-file",
+                     str(self.state_dir / "token"), "--simulate-gpus", spec, "--metrics-port", "0",
+                     "--num-cpus", "1", "--log-dir", str(logs)],
                     stdout=log, stderr=subprocess.STDOUT, env=self.env))
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

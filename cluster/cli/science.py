@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .common import call, state_dir_option
+from .common import submit as submit_call
 
 # Short names people use on the command line, for the apps' parameters.
 GRID_ALIASES = {"T": "temperature", "rho": "density", "N": "n_particles"}
@@ -96,7 +97,7 @@ def submit(state_dir, app, grid, sequence, seeds, params_json, quorum, replicas,
         points = [{**p, "seed": s} for p in points for s in range(seeds)]
     params = [{**base, **p} for p in points]
     policy = {"min_quorum": quorum, "target_nresults": replicas if replicas else quorum, "delay_bound": deadline}
-    reply = call(state_dir, "/api/science/submit", {"app": app, "params": params, "policy": policy})
+    reply = submit_call(state_dir, "/api/science/submit", {"app": app, "params": params, "policy": policy})
     click.echo(f"submitted {len(params)} work unit(s) of {app}; watch with `salvage science status {reply['batch']}`")
     click.echo(reply["batch"])
 

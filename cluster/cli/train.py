@@ -12,6 +12,7 @@ from cluster.train.options import PoolOptionError, PoolOptions
 from jobs.gpt.config import ConfigError, load_config
 
 from .common import call, state_dir_option, state_of
+from .common import submit as submit_call
 
 
 def parse_set(pairs: tuple[str, ...]) -> dict:
@@ -112,7 +113,7 @@ def submit(state_dir, preset, data, config_file, sets, workers, sync_steps, code
     pool = pool_options(workers, sync_steps, codec, pool_sets)
     if pool is not None:
         body["pool"] = pool
-    reply = call(state_dir, "/api/train/submit", body)
+    reply = submit_call(state_dir, "/api/train/submit", body)
     click.echo(f"submitted training job (preset {preset}); follow it with `salvage train logs {reply['job']} -f`")
     click.echo(reply["job"])
 

@@ -15,14 +15,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.head")
     parser.add_argument("--state-dir", required=True, type=Path)
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the database, logs and checkpoints are the cluster owner's alone
     state = StateDir(args.state_dir)
     config = state.read_head()
     if config is None:
         print(f"state-dir: no head.json in {state.path}; run `salvage cluster up`", file=sys.stderr)
         return 2
-    if config.auth:
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state.token())
-    # Imported only now: Ray reads its auth settings from the environment once.
+    # Ray's servers listen on every address even on loopback, so its token auth is
+    # always on. Imported only now: Ray reads its auth settings from the environment once.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state.token())
     from .coordinator import Coordinator
 
     return Coordinator(state, config).run()

@@ -26,6 +26,7 @@ from cluster.train.records import JobRecords
 from cluster.train.service import TrainJobs
 from workers.raynode import NO_LOG_MONITOR, RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
 
+from . import tls
 from .db import Database
 from .hosts import HostRecords, HostsApi
 from .http import Route, serve
@@ -41,7 +42,8 @@ class Coordinator:
     def __init__(self, state: StateDir, config: HeadConfig):
         self.state = state
         self.config = config
-        self.token = state.token() if config.auth else None
+        self.token = state.token()
+        self.tls = tls.ensure(state.tls_dir, config.host) if config.lan else None
         self.stopping = threading.Event()
         self.head_node: RayNode | None = None
         self.prometheus: subprocess.Popen | None = None
@@ -56,27 +58,38 @@ class Coordinator:
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0), registry=self.registry)
         self.store = ScienceStore(state.db_path, state.path / "science")
         self.train = TrainJobs(JobRecords(self.db), self.hosts, self.nodes, state.path / "jobs",
-                               head=(config.api_address, self.token), pool_metrics=PoolMetrics(self.registry),
+                               head={"address": config.api_address, "token": self.token,
+                                     "ca": self.tls.ca.read_text() if self.tls else None},
+                               pool_metrics=PoolMetrics(self.registry),
                                log=self.log, stopping=self.stopping)
         self.science = ScienceDispatch(self.store, self.hosts, self.nodes, training=self.train.running_on,
                                        log=self.log, stopping=self.stopping)
         self.hosts_api = HostsApi(self.hosts, self.nodes, epoch=time.time(), running=self.running,
                                   busy=self.busy, on_lost=self.science.host_lost, log=self.log,
-                                  about={"head": config.api_address, "ray": config.ray_address})
+                                  about={"head": config.api_address, "ray": config.ray_address},
+                                  loopback=not config.lan)
         self.registry.register(HeadCollector(FleetView(
             hosts=self.hosts, nodes=self.nodes, train_jobs=self.train.records.all, training_on=self.train.running_on,
             store=self.store, science_on=self.science.running_on, science_reported=lambda: self.science.reported)))
         self.routes = {
             ("GET", "/api/health"): Route(lambda _body: {"ok": True}, open=True),
             ("GET", "/api/cluster"): Route(self.api_cluster),
-            ("GET", "/metrics"): Route(self.metrics_page, kind="page", open=True),
+            # On loopback, Prometheus scrapes without the token; on the LAN it sends it.
+            ("GET", "/metrics"): Route(self.metrics_page, kind="page", open=not config.lan),
             **self.hosts_api.routes(),
             **self.train.routes(),
             **ScienceApi(self.store, self.log).routes(),
         }
+        self.routes[("GET", "/sd/agents")] = Route(self.hosts_api.sd_page, kind="page", open=not config.lan)
+        if self.tls is not None:  # what an agent checks against the join line's fingerprint
+            self.routes[("GET", "/api/tls/ca")] = Route(
+                lambda _q: (self.tls.ca.read_bytes(), "application/x-pem-file"), kind="page", open=True)
 
     def log(self, message: str) -> None:
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+        try:
+            print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
+        except OSError:
+            pass  # a full disk: the line is lost, the head goes on (logging never takes it down)
 
     # --- what runs where ---
     def running(self) -> dict[str, list[str]]:
@@ -96,7 +109,7 @@ class Coordinator:
 
     # --- API ---
     def api_cluster(self, _body: dict) -> dict:
-        return {"ray_address": self.config.ray_address, "auth": self.config.auth, "epoch": self.hosts_api.epoch}
+        return {"ray_address": self.config.ray_address, "lan": self.config.lan, "epoch": self.hosts_api.epoch}
 
     def metrics_page(self, _query: dict) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -117,7 +130,9 @@ class Coordinator:
 
     def start_prometheus(self) -> None:
         out = self.state.path / "prometheus"
-        config = write_config(out, self.config.api_address)
+        lan = self.tls is not None
+        config = write_config(out, self.config.api_address, self.state.token_file if lan else None,
+                              self.tls.ca if lan else None)
         listen = f"{self.config.host}:{self.config.prometheus_port}"
         with open(self.state.logs / "prometheus.log", "ab") as log:
             self.prometheus = subprocess.Popen(command(config, out / "data", listen), stdout=log,
@@ -186,7 +201,8 @@ class Coordinator:
                     else:
                         raise
             self._stop_on_signals()  # again: ray.init put in its own, which exits at once
-            server = serve(self.routes, self.config.host, self.config.http_port, self.token, self.log)
+            server = serve(self.routes, self.config.host, self.config.http_port, self.token, self.log,
+                           tls=self.tls.server_context() if self.tls else None)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             science = threading.Thread(target=self.science.run, daemon=True, name="science")
             science.start()

@@ -9,8 +9,10 @@ newer salvage is refused rather than guessed at.
 """
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 # Integer codes for the science tables' states are in cluster.science.states.
@@ -116,7 +118,7 @@ CREATE TABLE IF NOT EXISTS sci_result (
     payload   TEXT,              -- result JSON, or the client's error message
     credit    REAL NOT NULL DEFAULT 0
 );
--- (wu_id, host_id) is unique: replicas of a WU never share a host.
+-- (wu_id, host_id) was unique: replicas of a WU never shared a host (until v2).
 CREATE UNIQUE INDEX IF NOT EXISTS sci_result_wu_host ON sci_result(wu_id, host_id);
 -- Holds exactly the in-progress copies: the sweep's deadline scan and host_lost use it.
 CREATE INDEX IF NOT EXISTS sci_result_deadline ON sci_result(deadline) WHERE server = 1;
@@ -164,9 +166,34 @@ def _v1_baseline(conn: sqlite3.Connection) -> None:
         conn.execute("DROP TABLE sci_meta")
 
 
+def _v2_integrity(conn: sqlite3.Connection) -> None:
+    """A host is a credential, not a name: the hash of the secret the head gave it
+    at its first join, and the machine it runs on (two names on one machine never
+    count twice in a unit's quorum). Hosts from before have neither; the first
+    agent to register under such a name gets its secret. Submissions become
+    idempotent, and a batch's output file can be marked for a rewrite."""
+    conn.execute("ALTER TABLE hosts ADD COLUMN secret_hash TEXT")
+    conn.execute("ALTER TABLE hosts ADD COLUMN machine TEXT")
+    conn.execute("ALTER TABLE sci_host ADD COLUMN machine TEXT")  # NULL: its own name
+    # A host may retry a copy that failed on it (small pools would starve otherwise);
+    # what must hold is that one machine never has two live or successful copies of
+    # a unit, which the store checks by machine, not by this index.
+    # Set when results are withdrawn from a batch's output file (a liar's single
+    # copies reopened): the file is then written again from the database, even
+    # after a crash between that commit and the rewrite.
+    conn.execute("ALTER TABLE sci_batch ADD COLUMN rewrite INTEGER NOT NULL DEFAULT 0")
+    conn.execute("DROP INDEX IF EXISTS sci_result_wu_host")
+    conn.execute("CREATE INDEX sci_result_wu_host ON sci_result(wu_id, host_id)")
+    # A submission carries a key from its client; a retry after a timeout gets the
+    # first reply back instead of a second job or batch. Written in the same
+    # transaction as what it created.
+    conn.execute("CREATE TABLE submissions (key TEXT PRIMARY KEY, kind TEXT NOT NULL, reply_json TEXT NOT NULL,"
+                 " at REAL NOT NULL)")
+
+
 # Migration k (1-based) brings a file from user_version k-1 to k. Append only:
 # a released migration never changes, or files that already had it would differ.
-MIGRATIONS = [_v1_baseline]
+MIGRATIONS = [_v1_baseline, _v2_integrity]
 LATEST = len(MIGRATIONS)
 
 
@@ -233,6 +260,21 @@ def migrate(conn: sqlite3.Connection) -> int:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+
+def earlier_reply(conn: sqlite3.Connection, key: str | None, kind: str) -> dict | None:
+    """The reply already given to the submission with this idempotency key."""
+    if key is None:
+        return None
+    row = conn.execute("SELECT reply_json FROM submissions WHERE key = ? AND kind = ?", (key, kind)).fetchone()
+    return None if row is None else json.loads(row[0])
+
+
+def remember_reply(conn: sqlite3.Connection, key: str | None, kind: str, reply: dict) -> None:
+    """Keep a submission's reply under its key; call inside the transaction that made it."""
+    if key is not None:
+        conn.execute("INSERT INTO submissions (key, kind, reply_json, at) VALUES (?, ?, ?, ?)",
+                     (key, kind, json.dumps(reply), time.time()))
 
 
 class Database:

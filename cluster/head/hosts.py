@@ -3,18 +3,27 @@
 Prometheus' service discovery read from them."""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import ipaddress
 import json
+import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Callable
 
-from workers.records import HostInfo
+from workers.records import HostInfo, RecordError
 
 from .db import Database
 from .http import ApiError, Route
 from .raynodes import HOST_LABEL, RayNodes
 
 LOST_AFTER_S = 20.0  # an agent beats every 5 s; three missed beats and it is lost
+AGENT_ID_RE = re.compile(r"[0-9a-f]{32}")
+AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
+COLUMNS = ("name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen, "
+           "secret_hash, machine")
 
 
 @dataclass
@@ -28,6 +37,8 @@ class HostRow:
     lost_gpus: list[int]
     joined_at: float
     last_seen: float
+    secret_hash: str | None = None  # the credential the name is bound to; None only before its first join
+    machine: str | None = None  # the PC it runs on, as quorums count it
 
 
 class HostRecords:
@@ -38,31 +49,41 @@ class HostRecords:
 
     def get(self, name: str) -> HostRow | None:
         with self.db.lock:
-            row = self.db.conn.execute("SELECT * FROM hosts WHERE name = ?", (name,)).fetchone()
+            row = self.db.conn.execute(f"SELECT {COLUMNS} FROM hosts WHERE name = ?", (name,)).fetchone()
         return _host_row(row) if row else None
 
     def all(self) -> list[HostRow]:
         with self.db.lock:
-            rows = self.db.conn.execute("SELECT * FROM hosts ORDER BY name").fetchall()
+            rows = self.db.conn.execute(f"SELECT {COLUMNS} FROM hosts ORDER BY name").fetchall()
         return [_host_row(r) for r in rows]
 
     def alive(self) -> list[HostRow]:
         return [r for r in self.all() if r.state == "alive"]
 
-    def upsert(self, info: HostInfo, agent_id: str, metrics_addr: str | None, ray_node_id: str | None) -> None:
+    def upsert(self, info: HostInfo, agent_id: str, metrics_addr: str | None, ray_node_id: str | None,
+               secret_hash: str, machine: str) -> None:
+        """Register a host. Its secret and machine are set at its first join and kept."""
         now = time.time()
         with self.db.lock:
             self.db.conn.execute(
                 """INSERT INTO hosts (name, agent_id, state, info_json, speed_gflops, cpu_only,
-                                      metrics_addr, ray_node_id, joined_at, last_seen)
-                   VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?)
+                                      metrics_addr, ray_node_id, joined_at, last_seen, secret_hash, machine)
+                   VALUES (?, ?, 'alive', ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT(name) DO UPDATE SET
                      agent_id=excluded.agent_id, state='alive', info_json=excluded.info_json,
                      speed_gflops=excluded.speed_gflops, cpu_only=excluded.cpu_only,
                      metrics_addr=excluded.metrics_addr, ray_node_id=excluded.ray_node_id,
-                     lost_gpus='[]', joined_at=excluded.joined_at, last_seen=excluded.last_seen""",
+                     lost_gpus='[]', joined_at=excluded.joined_at, last_seen=excluded.last_seen,
+                     secret_hash=coalesce(hosts.secret_hash, excluded.secret_hash),
+                     machine=coalesce(hosts.machine, excluded.machine)""",
                 (info.name, agent_id, json.dumps(info.to_dict()), info.speed_gflops,
-                 int(info.cpu_only), metrics_addr, ray_node_id, now, now))
+                 int(info.cpu_only), metrics_addr, ray_node_id, now, now, secret_hash, machine))
+
+    def forget(self, name: str) -> bool:
+        """Drop a host record, so that its name can be taken by another PC."""
+        with self.db.lock:
+            cur = self.db.conn.execute("DELETE FROM hosts WHERE name = ?", (name,))
+        return cur.rowcount == 1
 
     def heartbeat(self, name: str, agent_id: str, lost_gpus: list[int]) -> bool:
         """Record a beat; False when no live registration of this agent exists."""
@@ -92,11 +113,42 @@ class HostRecords:
 
 
 def _host_row(row: tuple) -> HostRow:
-    (name, agent_id, state, info_json, _speed, _cpu_only, metrics_addr, ray_node_id,
-     lost_gpus, joined_at, last_seen) = row
+    (name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen,
+     secret_hash, machine) = row
     return HostRow(name=name, agent_id=agent_id, state=state, info=HostInfo.from_dict(json.loads(info_json)),
                    metrics_addr=metrics_addr, ray_node_id=ray_node_id, lost_gpus=json.loads(lost_gpus),
-                   joined_at=joined_at, last_seen=last_seen)
+                   joined_at=joined_at, last_seen=last_seen, secret_hash=secret_hash, machine=machine)
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def machine_key(info: HostInfo, loopback: bool) -> str:
+    """The PC a host runs on, as quorums count it. Simulated PCs on a loopback head
+    stand for separate PCs (the demo, the tests); anywhere else a simulated GPU
+    list earns no second identity on the same machine."""
+    machine = info.machine_id or f"name:{info.name}"
+    return f"{machine}/{info.name}" if info.simulated and loopback else machine
+
+
+def metrics_address(value, node_ip: str) -> str | None:
+    """An agent's /metrics as `IP:PORT` on its own Ray node's address, or None;
+    anything else would point Prometheus' service discovery elsewhere."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ApiError(400, "metrics_addr: expected HOST:PORT")
+    host, _, port = value.rpartition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ApiError(400, f"metrics_addr: expected IP:PORT, got {value!r}") from None
+    if host != node_ip:
+        raise ApiError(400, f"metrics_addr: expected this PC's own address {node_ip}, got {host}")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ApiError(400, f"metrics_addr: expected a port from 1 to 65535, got {port!r}")
+    return value
 
 
 def field(body: dict, name: str, kind: type):
@@ -107,16 +159,27 @@ def field(body: dict, name: str, kind: type):
     return value
 
 
+def agent_id_of(body: dict) -> str:
+    agent_id = field(body, "agent_id", str)
+    if not AGENT_ID_RE.fullmatch(agent_id):
+        raise ApiError(400, "agent_id: expected 32 hex digits")
+    return agent_id
+
+
 class HostsApi:
     """The agents' side of the API, and the fleet views built on the hosts table.
 
-    `running` says what runs where (host -> descriptions) and `busy` how many
-    tasks each host has; `on_lost` is told of every host that goes lost; `about`
-    is added to the status (the head's addresses)."""
+    A host is a credential, not a name: the head gives each name a secret at its
+    first join, and later registrations under that name must show it. Work goes
+    only to the Ray node a registration was bound to. `running` says what runs
+    where (host -> descriptions) and `busy` how many tasks each host has;
+    `on_lost` is told of every host that goes lost; `about` is added to the
+    status (the head's addresses); `loopback` says the head serves one machine.
+    """
 
     def __init__(self, hosts: HostRecords, nodes: RayNodes, epoch: float,
                  running: Callable[[], dict[str, list[str]]], busy: Callable[[], dict[str, int]],
-                 on_lost: Callable[[str], None], log: Callable[[str], None], about: dict):
+                 on_lost: Callable[[str], None], log: Callable[[str], None], about: dict, loopback: bool):
         self.hosts = hosts
         self.nodes = nodes
         self.epoch = epoch  # tells agents this head (and its Ray cluster) is a new one
@@ -124,7 +187,8 @@ class HostsApi:
         self.busy = busy
         self.on_lost = on_lost
         self.log = log
-        self.about = about  # the head's own addresses, shown with the hosts
+        self.about = about
+        self.loopback = loopback
 
     def routes(self) -> dict:
         return {
@@ -133,7 +197,7 @@ class HostsApi:
             ("POST", "/api/hosts/register"): Route(self.api_register),
             ("POST", "/api/hosts/heartbeat"): Route(self.api_heartbeat),
             ("POST", "/api/hosts/leave"): Route(self.api_leave),
-            ("GET", "/sd/agents"): Route(self.sd_page, kind="page", open=True),
+            ("POST", "/api/hosts/forget"): Route(self.api_forget),
         }
 
     def api_status(self, _body: dict) -> dict:
@@ -141,7 +205,7 @@ class HostsApi:
         nodes = []
         for row in self.hosts.all():
             info = row.info
-            ray_node = self.nodes.node_of(row.name) if row.state == "alive" else None
+            ray_node = self.nodes.alive(row.ray_node_id) if row.state == "alive" else None
             nodes.append({
                 "name": row.name, "state": row.state, "cpu_only": info.cpu_only,
                 "speed_gflops": round(info.speed_gflops, 1),
@@ -158,42 +222,73 @@ class HostsApi:
             })
         return {"nodes": nodes, **self.about}
 
-    def api_check(self, body: dict) -> dict:
-        name = field(body, "name", str)
+    def _claim(self, name: str, agent_id: str, secret) -> HostRow | None:
+        """The host's row if `agent_id` may register as `name`, else a 409."""
+        if secret is not None and (not isinstance(secret, str) or len(secret) > 200):
+            raise ApiError(400, "secret: expected the text of this PC's secret file")
         row = self.hosts.get(name)
-        if row and row.state == "alive" and row.agent_id != body.get("agent_id"):
+        if row is None:
+            return None
+        if row.secret_hash and not (secret and hmac.compare_digest(secret_hash(secret), row.secret_hash)):
+            raise ApiError(409, f"name: {name!r} belongs to another PC (this one does not hold its secret); "
+                                "join with another --name, or `salvage worker forget` it on the head")
+        if row.state == "alive" and row.agent_id != agent_id:
             raise ApiError(409, f"name: an agent named {name!r} is already in the cluster; "
                                 "stop it first or join with another --name")
+        return row
+
+    def api_check(self, body: dict) -> dict:
+        self._claim(field(body, "name", str), agent_id_of(body), body.get("secret"))
         return {"ok": True}
 
     def api_register(self, body: dict) -> dict:
         try:
-            info = HostInfo.from_dict(field(body, "host", dict))
-        except TypeError as err:
-            raise ApiError(400, f"host: malformed host record ({err})") from None
-        agent_id = field(body, "agent_id", str)
-        self.api_check({"name": info.name, "agent_id": agent_id})
-        node = self.nodes.node_of(info.name)
+            info = HostInfo.from_dict(body.get("host"))
+        except RecordError as err:
+            raise ApiError(400, str(err)) from None
+        agent_id = agent_id_of(body)
+        row = self._claim(info.name, agent_id, body.get("secret"))
+        node = self.nodes.find(info.name, agent_id)
         if node is None:
             self.nodes.refresh()
-            node = self.nodes.node_of(info.name)
+            node = self.nodes.find(info.name, agent_id)
         if node is None:
-            raise ApiError(425, f"ray: no live Ray node labelled {HOST_LABEL}={info.name} yet")
-        self.hosts.upsert(info, agent_id, body.get("metrics_addr"), node["NodeID"])
+            raise ApiError(425, f"ray: no live Ray node of agent {agent_id} labelled {HOST_LABEL}={info.name} yet")
+        metrics = metrics_address(body.get("metrics_addr"), node["NodeManagerAddress"])
+        fresh = None if row is not None and row.secret_hash else secrets.token_hex(32)
+        self.hosts.upsert(info, agent_id, metrics, node["NodeID"],
+                          secret_hash(fresh) if fresh else row.secret_hash, machine_key(info, self.loopback))
         self.log(f"host {info.name} joined ({len(info.gpus)} GPU(s), {info.speed_gflops:.0f} GFLOP/s)")
-        return {"ok": True}
+        return {"ok": True, "secret": fresh} if fresh else {"ok": True}
 
     def api_heartbeat(self, body: dict) -> dict:
         name = field(body, "name", str)
-        lost = [int(i) for i in body.get("lost_gpus", []) if isinstance(i, int)]
-        if not self.hosts.heartbeat(name, field(body, "agent_id", str), lost):
+        lost = body.get("lost_gpus", [])
+        if not isinstance(lost, list) or len(lost) > 64 or \
+                not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64 for i in lost):
+            raise ApiError(400, "lost_gpus: expected a list of GPU indexes")
+        if body.get("state", "idle") not in AGENT_STATES:
+            raise ApiError(400, f"state: expected one of {', '.join(AGENT_STATES)}")
+        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost))):
             raise ApiError(404, f"name: {name!r} is not registered here")
         return {"running": self.busy().get(name, 0), "epoch": self.epoch}
 
     def api_leave(self, body: dict) -> dict:
         name = field(body, "name", str)
-        if self.hosts.set_state(name, "left", field(body, "agent_id", str)):
+        if self.hosts.set_state(name, "left", agent_id_of(body)):
             self.log(f"host {name} left")
+        return {"ok": True}
+
+    def api_forget(self, body: dict) -> dict:
+        """The operator frees a name whose PC is gone for good (it keeps its secret otherwise)."""
+        name = field(body, "name", str)
+        row = self.hosts.get(name)
+        if row is None:
+            raise ApiError(404, f"name: no host {name!r}")
+        if row.state == "alive":
+            raise ApiError(409, f"name: {name!r} is alive; stop its agent first")
+        self.hosts.forget(name)
+        self.log(f"host {name} forgotten: its name is free for another PC")
         return {"ok": True}
 
     def sd_targets(self) -> list[dict]:
@@ -209,7 +304,7 @@ class HostsApi:
             self.log(f"host {name} lost (no heartbeat for {LOST_AFTER_S:.0f} s)")
             self.on_lost(name)
         for row in self.hosts.alive():
-            if self.nodes.node_of(row.name) is None and time.time() - row.joined_at > LOST_AFTER_S:
+            if self.nodes.alive(row.ray_node_id) is None and time.time() - row.joined_at > LOST_AFTER_S:
                 self.hosts.set_state(row.name, "lost")
                 self.log(f"host {row.name} lost (its Ray node is gone)")
                 self.on_lost(row.name)

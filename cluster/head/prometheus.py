@@ -1,25 +1,52 @@
 """`cluster up --prometheus`: a local Prometheus with deploy/prometheus's
-configuration, pointed at this head; the embedded default for monitoring."""
+configuration, pointed at this head; the embedded default for monitoring.
+
+On the LAN the head's /metrics and service discovery need the token and speak
+TLS, so the generated configuration carries both: an `authorization`
+credentials file (the state dir's token, never copied) and the head's CA.
+"""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import yaml
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 SHIPPED_HEAD = "127.0.0.2:8470"
+HEAD_JOBS = ("salvage-head", "salvage-agents")
 
 
 class PrometheusError(Exception):
     pass
 
 
-def write_config(out_dir: Path, head: str) -> Path:
-    """deploy/prometheus/*.yml with the head's address put in; nothing else changes."""
+def render(text: str, head: str, token_file: Path | None = None, ca_file: Path | None = None) -> str:
+    """deploy/prometheus/prometheus.yml for the head at `head`; with `token_file`
+    (a LAN head) its two jobs send the token and check the head's certificate."""
+    config = yaml.safe_load(text.replace(SHIPPED_HEAD, head))
+    if token_file is not None:
+        auth = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+                "tls_config": {"ca_file": str(ca_file)}}
+        for job in config["scrape_configs"]:
+            if job["job_name"] not in HEAD_JOBS:
+                continue
+            for sd in job.get("http_sd_configs", []):  # the discovery request goes to the head too
+                sd["url"] = sd["url"].replace("http://", "https://")
+                sd.update(auth)
+            if job["job_name"] == "salvage-head":
+                job["scheme"] = "https"
+                job.update(auth)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def write_config(out_dir: Path, head: str, token_file: Path | None = None, ca_file: Path | None = None) -> Path:
+    """The configuration and alert rules for this head, in `out_dir`."""
     if not (DEPLOY / "prometheus.yml").exists():
         raise PrometheusError(f"prometheus: its configuration is missing ({DEPLOY}); "
                               "reinstall salvage from its source tree")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "prometheus.yml").write_text((DEPLOY / "prometheus.yml").read_text().replace(SHIPPED_HEAD, head))
+    (out_dir / "prometheus.yml").write_text(render((DEPLOY / "prometheus.yml").read_text(), head, token_file, ca_file))
     shutil.copy(DEPLOY / "alerts.yml", out_dir / "alerts.yml")
     return out_dir / "prometheus.yml"
 

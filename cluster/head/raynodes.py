@@ -10,6 +10,7 @@ import threading
 import ray
 
 HOST_LABEL = "salvage.io/host"
+AGENT_LABEL = "salvage.io/agent"
 
 
 class RayNodes:
@@ -28,10 +29,22 @@ class RayNodes:
         self.nodes = nodes
         self.resources = (total, free)
 
-    def node_of(self, host: str) -> dict | None:
-        """The live Ray node labelled as `host`'s, if any."""
+    def alive(self, node_id: str | None) -> dict | None:
+        """The node with this id if Ray lists it alive and no task saw it die."""
+        if not node_id or node_id in self.dead:
+            return None
         for node in self.nodes:
-            if node.get("Alive") and node.get("Labels", {}).get(HOST_LABEL) == host \
+            if node["NodeID"] == node_id and node.get("Alive"):
+                return node
+        return None
+
+    def find(self, host: str, agent_id: str) -> dict | None:
+        """The live node that agent `agent_id` of `host` started (its labels say so).
+        A registration binds to it; work then goes to that node only, never to
+        another that merely carries the same host label."""
+        for node in self.nodes:
+            labels = node.get("Labels", {})
+            if node.get("Alive") and labels.get(HOST_LABEL) == host and labels.get(AGENT_LABEL) == agent_id \
                     and node["NodeID"] not in self.dead:
                 return node
         return None

@@ -14,6 +14,7 @@ from pathlib import Path
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RAY_PORT = 6379
 LOOPBACK = "127.0.0.2"  # Ray rewrites 127.0.0.1 to the routable address; this it leaves alone
+MIN_TOKEN_CHARS = 32
 
 
 class StateError(Exception):
@@ -33,7 +34,7 @@ class HeadConfig:
     http_port: int
     dashboard_port: int
     client_port: int
-    auth: bool
+    lan: bool  # `up --host`: PCs on the LAN join; on loopback, only this machine's
     prometheus_port: int | None = None  # set by `up --prometheus`
 
     @property
@@ -69,11 +70,23 @@ class StateDir:
     def token_file(self) -> Path:
         return self.path / "token"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.path / "tls"
+
     def create(self) -> None:
-        """Make the dir (and check it is writable) before anything starts."""
+        """Make the dir (and check it is writable) before anything starts. Only its
+        owner may enter it: it holds the token, the database and the hosts' records."""
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self.logs.mkdir(exist_ok=True)
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.logs.mkdir(exist_ok=True, mode=0o700)
+            # A state dir from before, or copied in: only its owner reads any of it.
+            for root, _dirs, files in os.walk(self.path):
+                os.chmod(root, 0o700)
+                for name in files:
+                    path = os.path.join(root, name)
+                    if not os.path.islink(path):  # never change a file outside the state dir
+                        os.chmod(path, 0o600)
             probe = self.path / ".write-test"
             probe.write_text("ok")
             probe.unlink()
@@ -81,14 +94,18 @@ class StateDir:
             raise StateError(f"state-dir: cannot write to {self.path} ({err.strerror or err})") from None
 
     def token(self) -> str:
-        """The cluster's Ray/API token, generated once and kept (mode 600)."""
-        if self.token_file.exists():
-            return self.token_file.read_text().strip()
-        token = secrets.token_hex(32)
-        fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(token + "\n")
-        return token
+        """The cluster's Ray and API token, generated once and kept (mode 600).
+        One that is empty, short, or readable by other users is refused: a head
+        with it would let anyone in."""
+        if not self.token_file.exists():
+            fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32) + "\n")
+        return read_token_file(self.token_file)
+
+    def check_token(self) -> None:
+        """Raise StateError (one line) unless the token file is fit to guard a head."""
+        self.token()
 
     def write_head(self, config: HeadConfig) -> None:
         tmp = self.head_file.with_suffix(".tmp")
@@ -119,3 +136,17 @@ class StateDir:
         except OSError:
             return pid
         return pid if b"cluster.head" in cmdline or b"cluster up" in cmdline.replace(b"\0", b" ") else None
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path`, or StateError naming what is wrong with the file."""
+    try:
+        mode = path.stat().st_mode
+        token = path.read_text().strip()
+    except OSError as err:
+        raise StateError(f"token: cannot read {path} ({err.strerror or err})") from None
+    if mode & 0o077:
+        raise StateError(f"token: {path} is readable by other users (mode {mode & 0o777:o}); chmod 600 it")
+    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or not token.isprintable() or " " in token:
+        raise StateError(f"token: {path} must hold one word of at least {MIN_TOKEN_CHARS} ASCII characters")
+    return token

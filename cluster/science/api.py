@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 from typing import Callable
 
-from cluster.head.http import ApiError, Route
+from cluster.head.http import ApiError, Route, submission_key
 
 from .store import ScienceStore
+
+MAX_UNITS_PER_BATCH = 1_000_000
 
 
 class ScienceApi:
@@ -23,11 +25,18 @@ class ScienceApi:
 
     def api_submit(self, body: dict) -> dict:
         app, params = body.get("app"), body.get("params")
+        if not isinstance(app, str):
+            raise ApiError(400, "app: expected an app's name (salvage science apps)")
         if not isinstance(params, list) or not params:
             raise ApiError(400, "params: expected a non-empty list of parameter objects")
-        policy = {k: v for k, v in (body.get("policy") or {}).items() if v is not None}
+        if len(params) > MAX_UNITS_PER_BATCH:
+            raise ApiError(400, f"params: expected at most {MAX_UNITS_PER_BATCH} work units in one batch")
+        policy = body.get("policy") or {}
+        if not isinstance(policy, dict):
+            raise ApiError(400, "policy: expected a table of replication settings")
+        policy = {k: v for k, v in policy.items() if v is not None}
         try:
-            batch = self.store.submit(app, params, **policy)
+            batch = self.store.submit(app, params, idempotency_key=submission_key(body), **policy)
         except (ValueError, TypeError) as err:
             raise ApiError(400, str(err).splitlines()[0]) from None
         self.log(f"science batch {batch} submitted: {len(params)} work units of {app}")

@@ -20,8 +20,10 @@ _CHECKS: list[tuple[str, str]] = [
     ("WU {0}: terminal but copy {1} still in progress",
      f"SELECT w.id, r.id FROM sci_wu w JOIN sci_result r ON r.wu_id = w.id WHERE w.state != {_ACTIVE}"
      f" AND r.server = {_IP}"),
-    ("WU {0}: {2} copies on host {1}",
-     "SELECT wu_id, host_id, count(*) FROM sci_result GROUP BY wu_id, host_id HAVING count(*) > 1"),
+    ("WU {0}: {2} copies out or counted on machine {1}",
+     f"SELECT r.wu_id, coalesce(h.machine, h.name), count(*) FROM sci_result r JOIN sci_host h ON h.id = r.host_id"
+     f" WHERE r.server = {_IP} OR r.outcome = {_OK} GROUP BY r.wu_id, coalesce(h.machine, h.name)"
+     f" HAVING count(*) > 1"),
     ("WU {0}: canonical result {1} is not a valid success of this WU",
      f"SELECT w.id, w.canonical FROM sci_wu w LEFT JOIN sci_result r ON r.id = w.canonical"
      f" WHERE w.canonical IS NOT NULL AND (r.id IS NULL OR r.wu_id != w.id OR r.outcome != {_OK}"

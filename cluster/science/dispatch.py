@@ -42,7 +42,7 @@ def host_caps(row: HostRow) -> HostCaps:
     info = row.info
     return HostCaps(name=row.name, cpu_only=info.cpu_only,
                     gpus=[GpuCaps(g.vram_bytes, float(g.compute_capability)) for g in info.gpus],
-                    speed_gflops=info.speed_gflops)
+                    speed_gflops=info.speed_gflops, machine=row.machine or row.name)
 
 
 class ScienceDispatch:
@@ -91,7 +91,7 @@ class ScienceDispatch:
         sent = False
         hosts, training = self._pool()
         for row in hosts_with_room(hosts, self.running_on(), training):
-            node = self.nodes.node_of(row.name)
+            node = self.nodes.alive(row.ray_node_id)
             if node is None:
                 continue
             tasks = self.store.fetch_work(host_caps(row), self.units.get(row.name, FIRST_UNITS))

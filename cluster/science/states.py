@@ -57,6 +57,7 @@ class HostCaps:
     cpu_only: bool = True
     gpus: list[GpuCaps] = field(default_factory=list)
     speed_gflops: float = 1.0
+    machine: str = ""  # the physical PC; several names on one PC never count twice in a quorum ("": its name)
 
 
 @dataclass(frozen=True)

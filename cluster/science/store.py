@@ -39,7 +39,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
-from cluster.head.db import connect
+from cluster.head.db import connect, earlier_reply, remember_reply
 from jobs.science.apps.base import Needs
 from jobs.science.tasks import Report, Task
 
@@ -62,6 +62,13 @@ from .validate import agrees, encode_result, find_consensus, to_json, verified
 log = logging.getLogger(__name__)
 
 TRUST_THRESHOLD = 10  # consecutive valid results before a host is trusted (BOINC's default)
+# Even a trusted host gets at least this share of its fresh units replicated (BOINC's
+# spot checks), so a host that turns liar is caught within a few units.
+SPOT_CHECK_SHARE = 0.1
+# When a host is caught lying, its single copies validated in this window, at most
+# this many, are opened again and checked by other hosts.
+RECHECK_WINDOW_S = 7 * 86400.0
+RECHECK_MAX = 200
 MIN_DELAY_BOUND = 300.0  # seconds; even a tiny WU gets this long before it is reissued
 # Default deadline: 10x the run time on a 1 GFLOPS host, the slowest PC we expect.
 DELAY_BOUND_PER_GFLOP = 10.0
@@ -148,6 +155,8 @@ class _Call:
         self.cv: dict[tuple[int, str], int] = {}  # loaded, then updated in order
         self.cv_changed: set[tuple[int, str]] = set()
         self.batch_delta: dict[int, list[int]] = {}  # batch -> [done, error]
+        self.caught: set[tuple[int, str]] = set()  # (host, app) that sent an invalid result
+        self.withdrawn: dict[int, list[int]] = {}  # batch -> places in its output file given up
 
     def counters(self, batch_id: int, host_id: int) -> list[float]:
         """The (batch, host) counter deltas; per (host, app) sums are derived at write-back."""
@@ -186,6 +195,7 @@ class _Call:
             r.validate = _INVALID
             row[_C_INVALID] += 1
             self.cv[key] = 0
+            self.caught.add(key)
             self.summary.invalid += 1
         self.cv_changed.add(key)
 
@@ -222,9 +232,9 @@ class ScienceStore:
         self.ignored: Counter[str] = Counter()
         self._host_ids: dict[str, int] = {}
         self._host_names: dict[int, str] = {}
-        for hid, name in self.conn.execute("SELECT id, name FROM sci_host"):
-            self._host_ids[name] = hid
-            self._host_names[hid] = name
+        self._machine_hosts: dict[str, list[int]] = {}  # machine -> ids of the names it runs
+        for hid, name, machine in self.conn.execute("SELECT id, name, machine FROM sci_host"):
+            self._remember_host(hid, name, machine)
         self._batches: dict[int, _Batch] = {}
         for row in self.conn.execute(
             "SELECT id, app, version, need_gpu, gpu_capable, min_vram, min_cc, output, finished FROM sci_batch"
@@ -269,26 +279,42 @@ class ScienceStore:
         needs = Needs(bool(need_gpu), bool(gpu_capable), int(min_vram), float(min_cc))
         return _Batch(bid, app, version, needs, output, finished is not None)
 
-    def _host_id(self, name: str, create: bool) -> int | None:
+    def _remember_host(self, hid: int, name: str, machine: str | None) -> None:
+        self._host_ids[name] = hid
+        self._host_names[hid] = name
+        self._machine_hosts.setdefault(machine or name, []).append(hid)
+
+    def _host_id(self, name: str, create: bool, machine: str = "") -> int | None:
+        """The host's id; `create` adds a host first seen now, on `machine`. A name's
+        machine is the one it was first seen on: later claims do not move it."""
         hid = self._host_ids.get(name)
         if hid is None and create:
             # Own tiny transaction, so a rolled-back call never leaves a cached id behind.
             with self._tx():
-                self.conn.execute("INSERT OR IGNORE INTO sci_host(name) VALUES (?)", (name,))
-            hid = self.conn.execute("SELECT id FROM sci_host WHERE name=?", (name,)).fetchone()[0]
-            self._host_ids[name] = hid
-            self._host_names[hid] = name
+                self.conn.execute("INSERT OR IGNORE INTO sci_host(name, machine) VALUES (?, ?)",
+                                  (name, machine or None))
+            hid, stored = self.conn.execute("SELECT id, machine FROM sci_host WHERE name=?", (name,)).fetchone()
+            self._remember_host(hid, name, stored)
         return hid
+
+    def _same_machine(self, hid: int) -> list[int]:
+        """Ids of every name on the machine of host `hid`, itself included."""
+        for ids in self._machine_hosts.values():
+            if hid in ids:
+                return ids
+        return [hid]
 
     # ------------------------------------------------------------------ submit
 
-    def submit(self, app_name: str, params_list: Sequence[dict], *, now: float | None = None, **policy: Any) -> int:
+    def submit(self, app_name: str, params_list: Sequence[dict], *, now: float | None = None,
+               idempotency_key: str | None = None, **policy: Any) -> int:
         """Store a batch of WUs of one app; returns the batch id.
 
         Every params dict is validated first; one bad one raises a one-line
         ValueError naming its index and field, and nothing is stored.
         Policy keywords: min_quorum, target_nresults, max_error_results,
-        max_total_results, delay_bound (see records.Policy).
+        max_total_results, delay_bound (see states.Policy). A submission whose
+        `idempotency_key` was seen before gets that batch back and stores nothing.
         """
         now = time.time() if now is None else now
         app = self._app(app_name)
@@ -311,6 +337,9 @@ class ScienceStore:
             rows.append((text, flops, quorum, target, pol.max_error_results, pol.max_total_results, delay, target))
         needs = app.needs
         with self._lock, self._tx():
+            earlier = earlier_reply(self.conn, idempotency_key, "science")
+            if earlier is not None:
+                return earlier["batch"]
             cur = self.conn.execute(
                 "INSERT INTO sci_batch(app, version, need_gpu, gpu_capable, min_vram, min_cc, created, n_wu,"
                 " n_wu_unsent, output) VALUES (?,?,?,?,?,?,?,?,?, '')",
@@ -325,6 +354,7 @@ class ScienceStore:
                 f" need) VALUES ({bid},?,?,?,?,?,?,?,?)",
                 rows,
             )
+            remember_reply(self.conn, idempotency_key, "science", {"batch": bid})
         self._batches[bid] = _Batch(bid, app.name, app.version, needs, output, False)
         self._written[bid] = 0
         return bid
@@ -334,14 +364,16 @@ class ScienceStore:
     def fetch_work(self, host: HostCaps, max_units: int, now: float | None = None) -> list[Task]:
         """Send up to max_units result copies to `host`, oldest batch first.
 
-        Only apps whose needs the host meets; never a copy of a WU this host
-        already has or had. Copies go IN_PROGRESS with deadline now + delay_bound.
+        Only apps whose needs the host meets; never a copy of a WU of which its
+        machine (any name on it) holds a copy in progress or a successful result:
+        one machine never counts twice in a quorum. A copy that failed there may be
+        retried there. Copies go IN_PROGRESS with deadline now + delay_bound.
         """
         now = time.time() if now is None else now
         if max_units <= 0:
             return []
         with self._lock:
-            hid = self._host_id(host.name, create=True)
+            hid = self._host_id(host.name, create=True, machine=host.machine)
             batches = [b for b in self._batches.values() if not b.finished and host_can_run(b.needs, host)]
             if not batches:
                 return []
@@ -360,9 +392,10 @@ class ScienceStore:
         rows = self.conn.execute(
             "SELECT id, params, delay_bound, need, n_sent, min_quorum FROM sci_wu w"
             " WHERE batch_id=? AND need > 0"
-            " AND NOT EXISTS (SELECT 1 FROM sci_result r WHERE r.wu_id = w.id AND r.host_id = ?)"
+            " AND NOT EXISTS (SELECT 1 FROM sci_result r WHERE r.wu_id = w.id"
+            f"  AND r.host_id IN (SELECT value FROM json_each(?)) AND (r.server={_IN_PROGRESS} OR r.outcome={_SUCCESS}))"
             " ORDER BY id LIMIT ?",
-            (batch.id, hid, room),
+            (batch.id, to_json(self._same_machine(hid)), room),
         ).fetchall()
         if not rows:
             return next_id
@@ -371,8 +404,9 @@ class ScienceStore:
         ).fetchone()
         cv = cv[0] if cv else 0
         # Adaptive replication: a trusted host's fresh WU runs as a single copy
-        # with probability 1 - 1/cv (BOINC); decided now, at dispatch.
-        p_single = 1.0 - 1.0 / cv if self._adaptive and cv >= TRUST_THRESHOLD else 0.0
+        # with probability 1 - 1/cv (BOINC), but never more than 1 - SPOT_CHECK_SHARE;
+        # decided now, at dispatch.
+        p_single = min(1.0 - 1.0 / cv, 1.0 - SPOT_CHECK_SHARE) if self._adaptive and cv >= TRUST_THRESHOLD else 0.0
         rand = self._rng.random
         inserts = []
         updates = []
@@ -445,6 +479,7 @@ class ScienceStore:
                     (to_json(ids),),
                 ).fetchall()
                 known = {row[_R0]: row for row in rows}
+                machine = set(self._same_machine(hid)) if hid is not None else set()
                 events: dict[int, tuple[int, Any]] = {}
                 for rid, code, payload in parsed:
                     row = known.get(rid)
@@ -454,16 +489,23 @@ class ScienceStore:
                         _ignore(summary, "wrong_host")
                     elif rid in events:
                         _ignore(summary, "duplicate")
-                    elif row[_R0 + 2] == _IN_PROGRESS or (
-                        # A late success for a copy given up on (deadline, lost host,
-                        # aborted) is still useful: checked like any other.
-                        code == _SUCCESS and row[_R0 + 3] in (_NO_REPLY, _ABORTED)
-                    ):
+                    elif row[_R0 + 2] == _IN_PROGRESS:
                         events[rid] = (code, payload)
+                    elif code == _SUCCESS and row[_R0 + 3] in (_NO_REPLY, _ABORTED):
+                        # A late success for a copy given up on (deadline, lost host,
+                        # aborted) is still useful, checked like any other, unless this
+                        # machine has another copy of the unit out or counted already.
+                        if any(o[_R0] != rid and o[0] == row[0] and o[_R0 + 1] in machine
+                               and (o[_R0 + 2] == _IN_PROGRESS or o[_R0 + 3] == _SUCCESS) for o in rows):
+                            _ignore(summary, "duplicate")
+                        else:
+                            events[rid] = (code, payload)
                     else:
                         _ignore(summary, "duplicate")
                 if events:
-                    self._process(events, now, summary, rows)
+                    caught = self._process(events, now, summary, rows)
+                    for host_id, app in caught:
+                        self._recheck(host_id, app, now)
             self.ignored.update(summary.ignored)
             self._flush_outputs()
             return summary
@@ -534,6 +576,47 @@ class ScienceStore:
                 self._process({}, now, ReportSummary(), self._load({r[1] for r in rows}))
             return len(rows)
 
+    def _recheck(self, host_id: int, app: str, now: float) -> None:
+        """Host `host_id` was just caught sending an invalid `app` result: its trust is
+        gone (cv 0), its single copies in flight are replicated again, and its recent
+        single copies that became canonical are opened again, their credit taken
+        back, so that other hosts check them. A result that holds up is credited
+        again; one that does not is outvoted like any other."""
+        done = [r[0] for r in self.conn.execute(
+            "SELECT w.id FROM sci_wu w JOIN sci_result r ON r.id = w.canonical JOIN sci_batch b ON b.id = w.batch_id"
+            f" WHERE w.single = 1 AND w.state = {_DONE} AND r.host_id = ? AND b.app = ? AND r.received >= ?"
+            " ORDER BY r.received DESC LIMIT ?", (host_id, app, now - RECHECK_WINDOW_S, RECHECK_MAX))]
+        flying = [r[0] for r in self.conn.execute(
+            "SELECT w.id FROM sci_wu w JOIN sci_result r ON r.wu_id = w.id JOIN sci_batch b ON b.id = w.batch_id"
+            f" WHERE w.single = 1 AND w.state = {_ACTIVE} AND r.host_id = ? AND r.server = {_IN_PROGRESS}"
+            " AND b.app = ?", (host_id, app))]
+        if not done and not flying:
+            return
+        self._process({}, now, ReportSummary(), self._load(set(done) | set(flying)), reopen=set(done) | set(flying))
+        log.info("science: host %s caught sending an invalid %s result: %d single copies reopened, %d in flight "
+                 "replicated", self._host_names.get(host_id), app, len(done), len(flying))
+
+    def _reopen(self, call: _Call, batch: _Batch, wu: _Wu, results: list[_Res]) -> None:
+        """A single-copy WU goes back to normal replication; if it was finished, its
+        canonical result loses its credit and its place in the output file and waits,
+        as a candidate, for the copies that will check it."""
+        wu.single = 0
+        wu.dirty = True
+        if wu.state != _DONE:
+            return
+        canon = next(r for r in results if r.id == wu.canonical)
+        row = call.counters(batch.id, canon.host_id)
+        row[_C_VALID] -= 1
+        row[_C_CREDIT] -= canon.credit
+        canon.credit = 0.0
+        canon.validate = _INCONCLUSIVE
+        canon.dirty = True
+        call.withdrawn.setdefault(batch.id, []).append(wu.assim_seq)
+        call.batch_delta.setdefault(batch.id, [0, 0])[0] -= 1
+        wu.state = _ACTIVE
+        wu.canonical = None
+        wu.assim_seq = None
+
     def _expire(self, rows: list[tuple[int, int]], now: float) -> ReportSummary:
         summary = ReportSummary()
         if rows:
@@ -548,10 +631,12 @@ class ScienceStore:
         ).fetchall()
 
     def _process(self, events: dict[int, tuple[int, Any]], now: float, summary: ReportSummary,
-                 rows: list[tuple]) -> None:
-        """Apply events to their WUs, then transition/validate/credit every touched WU.
+                 rows: list[tuple], reopen: set[int] | None = None) -> set[tuple[int, str]]:
+        """Apply events to their WUs, then transition/validate/credit every touched WU;
+        returns the (host, app) pairs caught sending an invalid result.
 
-        `rows`: _WU_RESULTS rows of every WU concerned."""
+        `rows`: _WU_RESULTS rows of every WU concerned. `reopen`: finished WUs to open
+        again because their single copy came from a host since caught lying."""
         wus: dict[int, _Wu] = {}
         by_wu: dict[int, list[_Res]] = {}
         host_ids: set[int] = set()
@@ -573,8 +658,11 @@ class ScienceStore:
         assimilated: dict[int, int] = {}
         batches = self._batches
         for wid, wu in wus.items():
+            if reopen and wid in reopen:
+                self._reopen(call, batches[wu.batch_id], wu, by_wu[wid])
             self._transition(call, batches[wu.batch_id], wu, by_wu[wid], events, assimilated)
         self._write_back(call, wus.values(), by_wu, assimilated)
+        return call.caught
 
     def _transition(self, call: _Call, batch: _Batch, wu: _Wu, results: list[_Res],
                     events: dict[int, tuple[int, Any]], assimilated: dict[int, int]) -> None:
@@ -595,7 +683,7 @@ class ScienceStore:
                 call.set_outcome(batch, r, _SUCCESS)
                 r.received = call.now
                 text = encode_result(app, payload)
-                if text is not None and app.self_verifying:
+                if text is not None:  # every app's own check, before any quorum
                     if params is None:
                         params = json.loads(wu.params)
                     if not verified(app, params, payload):
@@ -643,7 +731,10 @@ class ScienceStore:
                         r.obj = json.loads(r.payload)
                 found = find_consensus(app.compare, [r.obj for r in cands], quorum)
             if found is not None:
-                idx, agree = found
+                _, agree = found
+                # Of the results that agree, the most trusted host's is canonical, then the first sent.
+                idx = min((i for i, ok in enumerate(agree) if ok),
+                          key=lambda i: (-call.cv.get((cands[i].host_id, batch.app), 0), cands[i].id))
                 for r, ok in zip(cands, agree):
                     call.judge(batch, wu, r, ok)
                 wu.canonical = cands[idx].id
@@ -723,11 +814,20 @@ class ScienceStore:
         for bid, (done, err) in call.batch_delta.items():
             conn.execute(
                 "UPDATE sci_batch SET n_done=n_done+?, n_error=n_error+?,"
-                " finished = CASE WHEN n_done+n_error+?+? >= n_wu THEN ? ELSE finished END WHERE id=?",
+                " finished = CASE WHEN n_done+n_error+?+? >= n_wu THEN coalesce(finished, ?) END WHERE id=?",
                 (done, err, done, err, call.now, bid),
             )
         for bid, seq in assimilated.items():
             conn.execute("UPDATE sci_batch SET n_assimilated=? WHERE id=?", (seq, bid))
+        for bid, places in call.withdrawn.items():
+            # The output file keeps the database's order with no gaps: later results move
+            # up, and the file is written again from the database after this commit.
+            for place in sorted(places, reverse=True):
+                conn.execute("UPDATE sci_wu SET assim_seq = assim_seq - 1 WHERE batch_id=? AND assim_seq > ?",
+                             (bid, place))
+            conn.execute("UPDATE sci_batch SET n_assimilated = n_assimilated - ?, rewrite = 1 WHERE id=?",
+                         (len(places), bid))
+            self._written.pop(bid, None)
         host_app: dict[tuple[int, str], list[float]] = {}
         for (bid, hid), c in call.batch_host.items():
             row = host_app.setdefault((hid, self._batches[bid].app), [0, 0, 0, 0, 0, 0, 0.0])
@@ -760,8 +860,8 @@ class ScienceStore:
                 [(k[0], k[1], *c) for k, c in call.batch_host.items()],
             )
         for bid in call.batch_delta:
-            if conn.execute("SELECT finished FROM sci_batch WHERE id=?", (bid,)).fetchone()[0] is not None:
-                self._batches[bid].finished = True
+            finished = conn.execute("SELECT finished FROM sci_batch WHERE id=?", (bid,)).fetchone()[0]
+            self._batches[bid].finished = finished is not None
 
     # ------------------------------------------------------------------ assimilator
 
@@ -775,14 +875,23 @@ class ScienceStore:
 
     def _reconcile_output(self, batch_id: int) -> None:
         path = self.output_path(batch_id)
-        lines = assimilate.count_lines(path)
-        n = self.conn.execute("SELECT n_assimilated FROM sci_batch WHERE id=?", (batch_id,)).fetchone()[0]
-        if lines > n:
-            # The file is ahead of the database (its last commits were lost): rebuild it.
-            self._written[batch_id] = assimilate.rewrite_rows(path, self._canonical_rows(batch_id))
-        else:
-            self._written[batch_id] = lines
-            self._flush_output(batch_id, n)
+        n, rewrite = self.conn.execute("SELECT n_assimilated, rewrite FROM sci_batch WHERE id=?",
+                                       (batch_id,)).fetchone()
+        try:
+            lines = assimilate.count_lines(path)
+            if lines > n or rewrite:
+                # The file is ahead of the database (its last commits were lost), or results
+                # were withdrawn from it: rebuild it.
+                self._written[batch_id] = assimilate.rewrite_rows(path, self._canonical_rows(batch_id))
+                if rewrite:
+                    with self._tx():
+                        self.conn.execute("UPDATE sci_batch SET rewrite = 0 WHERE id=?", (batch_id,))
+                return
+        except OSError as exc:  # the results are safe in the database; tried again next time
+            log.warning("science: cannot write %s: %s", path, exc)
+            return
+        self._written[batch_id] = lines
+        self._flush_output(batch_id, n)
 
     def _flush_output(self, batch_id: int, n_assimilated: int) -> None:
         written = self._written.get(batch_id, 0)
@@ -981,8 +1090,7 @@ def _ignore(summary: ReportSummary, reason: str) -> None:
 
 def _check_policy(pol: Policy, app: Any) -> tuple[int, int]:
     """Validate a batch's replication policy; returns (min_quorum, target_nresults)."""
-    # A self-verifying app's result is checked by verify(): one copy is enough.
-    default_quorum = 1 if app.self_verifying else 2
+    default_quorum = app.default_quorum
     quorum = default_quorum if pol.min_quorum is None else pol.min_quorum
     target = max(quorum, default_quorum) if pol.target_nresults is None else pol.target_nresults
     for field, value, lo in (("min_quorum", quorum, 1), ("target_nresults", target, quorum),

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from jobs.gpt.codecs import CODECS
+from jobs.gpt.config import CODECS
 
 
 class PoolOptionError(ValueError):

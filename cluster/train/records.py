@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import time
 
-from cluster.head.db import Database
+from cluster.head.db import Database, earlier_reply, remember_reply
 
 TERMINAL = ("done", "failed", "stopped")
 
@@ -29,13 +29,26 @@ class JobRecords:
             names = [d[0] for d in cur.description]
             return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
 
-    def add(self, preset: str, config: dict, data: str | None, pool: dict | None) -> int:
+    def add(self, preset: str, config: dict, data: str | None, pool: dict | None,
+            key: str | None = None) -> tuple[int, bool]:
+        """Queue a job; returns (its id, whether it is new). A submission whose
+        idempotency key was seen before gets that job back, and nothing is added."""
         with self.db.lock:
-            cur = self.db.conn.execute(
-                "INSERT INTO train_jobs (state, preset, config_json, data, created_at, pool_json) "
-                "VALUES ('queued', ?, ?, ?, ?, ?)",
-                (preset, json.dumps(config), data, time.time(), None if pool is None else json.dumps(pool)))
-        return cur.lastrowid
+            self.db.conn.execute("BEGIN IMMEDIATE")
+            try:
+                earlier = earlier_reply(self.db.conn, key, "train")
+                if earlier is None:
+                    job_id = self.db.conn.execute(
+                        "INSERT INTO train_jobs (state, preset, config_json, data, created_at, pool_json) "
+                        "VALUES ('queued', ?, ?, ?, ?, ?)",
+                        (preset, json.dumps(config), data, time.time(),
+                         None if pool is None else json.dumps(pool))).lastrowid
+                    remember_reply(self.db.conn, key, "train", {"job": job_id})
+                self.db.conn.execute("COMMIT")
+            except BaseException:
+                self.db.conn.execute("ROLLBACK")
+                raise
+        return (job_id, True) if earlier is None else (earlier["job"], False)
 
     def set(self, job_id: int, **fields) -> None:
         cols = ", ".join(f"{k} = ?" for k in fields)

@@ -26,13 +26,15 @@ import numpy as np
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster.head.files import disk_full, fsync_dir
 from cluster.head.hosts import HostRecords
 from cluster.head.metrics import PoolMetrics
 from cluster.head.raynodes import RayNodes
-from jobs.gpt.codecs import Broadcast, Packed, decode
+from jobs.gpt.codecs import Broadcast
 from jobs.gpt.outer import OuterOptimizer, PoolSchedule, average_deltas, pool_lr_scale
 from workers.tasks.pool_worker import PoolWorker
 
+from .deltas import Expected, norm_outliers, take
 from .options import PoolOptions
 from .placement import gpt_bytes_needed, training_slots
 from .planning import auto_sync_steps, blend_speed, estimate_speeds, fastest_steps, plan_round, start_retry_wait
@@ -41,6 +43,7 @@ from .records import JobRecords
 MIN_DEADLINE_S = 20.0
 NEW_WORKER_GRACE_S = 60.0  # how long a job's first round waits for its workers to start
 MEMBERS_POLL_S = 1.0  # during a round, how often to look for PCs that joined
+DISK_FULL_PAUSE_S = 10.0  # a job stopped by a full disk waits this long before it is started again
 
 
 @dataclass
@@ -113,6 +116,7 @@ class PoolRun:
         self.waiting_said = ""
         self.evaluated_round = -1
         self.planned_speeds: dict[str, float] = {}  # tokens/s per worker, as the last plan assumed
+        self.typical_norm: float | None = None  # delta norm per step of recent rounds, for lone workers
         self.last_round = False  # the last plan spends the job's remaining tokens
         self.timed = False  # the last plan's speeds are measured tokens/s, so its times are real
         self.started_any = False  # a worker of this attempt has started
@@ -141,30 +145,54 @@ class PoolRun:
     def pool_ckpt(self) -> Path:
         return self.dir / "pool.npz"
 
+    @property
+    def previous_ckpt(self) -> Path:
+        return self.dir / "pool.prev.npz"
+
     def load_checkpoint(self) -> bool:
-        if not self.pool_ckpt.exists():
-            return False
-        with np.load(self.pool_ckpt, allow_pickle=False) as z:
-            self.params = z["params"].astype(np.float32)
-            self.outer = OuterOptimizer(self.params.size, self.options.outer_lr, self.options.outer_momentum)
-            self.outer.buf = z["momentum"].astype(np.float32)
-            self.state = PoolState(**json.loads(str(z["state"])))
-        return True
+        """The newest pool checkpoint that reads whole and finite; the one before it
+        if not (the last two are kept). False if there is none."""
+        for path in (self.pool_ckpt, self.previous_ckpt):
+            if not path.exists():
+                continue
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    params = z["params"].astype(np.float32)
+                    momentum = z["momentum"].astype(np.float32)
+                    state = PoolState(**json.loads(str(z["state"])))
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                self.log(f"pool checkpoint {path.name} is unreadable ({type(err).__name__}); trying the one before")
+                continue
+            if params.shape != momentum.shape or not (np.isfinite(params).all() and np.isfinite(momentum).all()):
+                self.log(f"pool checkpoint {path.name} is not finite; trying the one before")
+                continue
+            self.params, self.state = params, state
+            self.outer = OuterOptimizer(params.size, self.options.outer_lr, self.options.outer_momentum)
+            self.outer.buf = momentum
+            return True
+        return False
 
     def save_checkpoint(self) -> None:
-        tmp = self.dir / f".pool.{os.getpid()}.tmp.npz"
+        tmp = self.dir / f".pool.{threading.get_ident()}.tmp.npz"
         np.savez(tmp, params=self.params, momentum=self.outer.buf, state=np.array(json.dumps(asdict(self.state))))
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, self.pool_ckpt)  # the previous checkpoint stays whole until here
+        if self.pool_ckpt.exists():
+            os.replace(self.pool_ckpt, self.previous_ckpt)  # the last good one is kept beside the new
+        os.replace(tmp, self.pool_ckpt)
+        fsync_dir(self.dir)
 
     def export(self, member: Member, val_loss: float | None) -> None:
         """The global model as a single-worker checkpoint, for `train sample`."""
         blob = ray.get(member.actor.export.remote(self.params, self.state.tokens, val_loss), timeout=120)
         dest = self.export_path
-        tmp = dest.with_suffix(".tmp-export")
-        tmp.write_bytes(blob)
+        tmp = dest.with_name(f".{dest.name}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, dest)
+        fsync_dir(dest.parent)
         self.records.set(self.job_id, checkpoint=str(dest))
 
     # --- membership ---
@@ -175,14 +203,14 @@ class PoolRun:
         alive = {r.name: r for r in self.hosts.alive() if not allowed or r.name in allowed}
         now = time.monotonic()
         for key, m in list(self.members.items()):
-            node = self.nodes.node_of(m.host)
-            if m.host not in alive or node is None or node["NodeID"] != m.node_id:
+            row = alive.get(m.host)
+            if row is None or self.nodes.alive(row.ray_node_id) is None or row.ray_node_id != m.node_id:
                 self.drop(key, f"host {m.host} is gone")
         cap = self.options.workers or 10**9
         busy = self.busy()  # this job's own members included
         candidates = []
         for name, row in alive.items():
-            node = self.nodes.node_of(name)
+            node = self.nodes.alive(row.ray_node_id)
             if node is None or self.retry.get(name, (0.0, 0))[0] > now:
                 continue
             for slot in training_slots(row.info, busy.get(name, 0), self.need_bytes, self.options.allow_cpu):
@@ -273,8 +301,10 @@ class PoolRun:
         global parameters once through Ray's object store (as a change to the copy
         a worker holds, or whole to a new one), and waits for the deltas until the
         round's deadline while new PCs load and may join for the time left. A worker
-        that dies, misses the deadline or sends a non-finite loss is left out of the
-        round; the others' deltas are averaged by tokens for the outer step. It
+        that dies, misses the deadline or sends a result the head refuses (a delta of
+        the wrong shape or codec, not finite, far larger than its peers', more tokens
+        than its plan allows; see `deltas`) is left out of the round with the reason
+        logged; the others' deltas are averaged by tokens for the outer step. It
         updates the job's state (round, tokens, speeds), its log and progress; a
         round in which no worker finished changes nothing and is repeated."""
         steps = self.plan()
@@ -293,7 +323,7 @@ class PoolRun:
         t0 = time.monotonic()
         change_ref = ray.put(change)
         whole = whole_ref = None
-        refs, sent, dispatched = {}, {}, {}
+        refs, sent, dispatched, planned = {}, {}, {}, {}
 
         def send(m: Member, n: int, budget_s: float | None, speed: float, others_speed: float) -> None:
             nonlocal whole, whole_ref
@@ -305,6 +335,7 @@ class PoolRun:
                     whole_ref = ray.put(whole)
                 msg_ref, sent[m.key] = whole_ref, whole.nbytes
             dispatched[m.key] = m
+            planned[m.key] = n if budget_s is None else 2 * n  # a timed worker steps at most twice its plan
             # A second past the budget idles every other worker: their speed over its own.
             overrun_cost = min(100.0, others_speed / max(speed, 1e-9))
             refs[m.key] = m.actor.run_round.remote([msg_ref], n, self.state.tokens, round_tokens, schedule, budget_s,
@@ -318,33 +349,49 @@ class PoolRun:
         join = (lambda: self.join_late(send, t0 + expected, pool_speed)) if budget is not None else None
         results = self.await_round(refs, dispatched, deadline, join)
         round_wall = time.monotonic() - t0
-        deltas, losses, report = [], [], []
-        compute_wall = 0.0
+        round_no = self.state.round + 1
+        taken: dict[str, object] = {}
         for key, r in refs.items():
             m = dispatched[key]
             if self.members.get(key) is not m:
                 continue  # left during the round (died, or a PC back under its old name is a new member)
             if r not in results:
-                self.drop(key, f"missed round {self.state.round + 1}'s deadline ({deadline:.0f} s)")
+                self.drop(key, f"missed round {round_no}'s deadline ({deadline:.0f} s)")
                 continue
-            codec, data, scales, size, tokens, n, wall_s, fetch_s, loss, sampler = results[r]
-            packed = Packed(codec, data, scales, size)
+            value, arrived = results[r]
+            result = take(value, Expected(self.options.codec, self.params.size, self.tokens_per_step, planned[key]),
+                          arrived - t0)
+            if isinstance(result, str):
+                self.drop(key, f"its round {round_no} result was refused ({result})")
+                continue
+            if not math.isfinite(result.loss):
+                self.drop(key, f"its loss became {result.loss} in round {round_no}")
+                continue
+            taken[key] = result
+        for key in norm_outliers({k: t.norm_per_step for k, t in taken.items()}, self.typical_norm):
+            self.drop(key, f"its round {round_no} delta was refused (norm {taken[key].norm_per_step:.3g} per step, "
+                           f"far above the others')")
+            del taken[key]
+        deltas, losses, report = [], [], []
+        compute_wall = 0.0
+        for key, t in taken.items():
+            m = dispatched[key]
             m.has_copy = True
-            if not math.isfinite(loss):
-                self.drop(key, f"its loss became {loss} in round {self.state.round + 1}")
-                continue
-            deltas.append((decode(packed), tokens))
-            losses.append((loss, tokens))
-            measured = tokens / max(wall_s - fetch_s, 1e-6)
+            deltas.append((t.delta, t.tokens))
+            losses.append((t.loss, t.tokens))
+            measured = t.tokens / t.compute_s
             m.speed = blend_speed(m.speed, measured)
-            wait = max(0.0, round_wall - wall_s)
-            compute_wall = max(compute_wall, wall_s - fetch_s)
-            self.state.samplers[key] = sampler
+            wait = max(0.0, round_wall - t.compute_s)
+            compute_wall = max(compute_wall, t.compute_s)
+            self.state.samplers[key] = t.sampler
             self.state.speeds[key] = m.speed
-            self.state.bytes_up += packed.nbytes
+            self.state.bytes_up += t.nbytes
             self.state.bytes_down += sent[key]
-            self.metrics.worker_round(self.job_id, key, wait, packed.nbytes, sent[key])
-            report.append({"worker": key, "steps": n, "tokens_per_s": round(measured), "wait_s": round(wait, 2)})
+            self.metrics.worker_round(self.job_id, key, wait, t.nbytes, sent[key])
+            report.append({"worker": key, "steps": t.steps, "tokens_per_s": round(measured), "wait_s": round(wait, 2)})
+        if taken:
+            typical = float(np.median([t.norm_per_step for t in taken.values()]))
+            self.typical_norm = typical if self.typical_norm is None else 0.5 * (self.typical_norm + typical)
         if not deltas:
             self.log(f"round {self.state.round + 1}: no worker finished; the round is repeated")
             return
@@ -377,31 +424,34 @@ class PoolRun:
         self.records.merge_progress(self.job_id, {k: progress[k] for k in latest})
 
     def await_round(self, refs: dict, dispatched: dict, deadline_s: float, join=None) -> dict:
-        """The round's results (ref -> value) that came by its deadline. A worker that
-        dies is dropped at once, and meanwhile PCs that joined or lost their worker get
-        one started, so it loads while this round trains; `join` lets the ready ones in."""
+        """The round's results that came by its deadline: ref -> (value, when it
+        arrived), each taken as it comes so the head knows how long each worker took.
+        A worker that dies is dropped at once, and meanwhile PCs that joined or lost
+        their worker get one started, so it loads while this round trains; `join`
+        lets the ready ones in."""
         end = time.monotonic() + deadline_s
+        next_sync = time.monotonic() + MEMBERS_POLL_S
         results, failed = {}, set()
         while True:
-            left = end - time.monotonic()
             key_of = {r: k for k, r in refs.items() if r not in results and r not in failed}
-            if not key_of:
+            now = time.monotonic()
+            if not key_of or now >= end:
                 return results
-            ready, pending = ray.wait(list(key_of), num_returns=len(key_of),
-                                      timeout=max(0.0, min(left, MEMBERS_POLL_S)))
+            ready, _ = ray.wait(list(key_of), num_returns=1, timeout=max(0.0, min(end, next_sync) - now))
+            arrived = time.monotonic()
             for ref in ready:
                 key = key_of[ref]
                 try:
-                    results[ref] = ray.get(ref)
+                    results[ref] = (ray.get(ref), arrived)
                 except ray.exceptions.RayError as err:
                     failed.add(ref)
                     if self.members.get(key) is dispatched[key]:
                         self.drop(key, f"died in round {self.state.round + 1} ({type(err).__name__})")
-            if not pending or left <= MEMBERS_POLL_S:
-                return results
-            self.sync_members()
-            if join is not None:
-                join()
+            if time.monotonic() >= next_sync and time.monotonic() < end:
+                self.sync_members()
+                if join is not None:
+                    join()
+                next_sync = time.monotonic() + MEMBERS_POLL_S
 
     def join_late(self, send, round_end: float, pool_speed: float) -> None:
         """Workers that finished loading during the round join it with the steps that
@@ -427,6 +477,9 @@ class PoolRun:
         except Exception as err:  # an internal error fails this job, not the head
             if self._stopping():
                 return  # Ray going down with the head: the job resumes after `up`
+            if disk_full(err):  # not the job's fault: it goes back to the queue and resumes later
+                self.stopping.wait(DISK_FULL_PAUSE_S)
+                return
             self.fail(f"internal: {err!r}"[:300])
         finally:
             for m in self.members.values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -12,10 +13,12 @@ from typing import Callable
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from cluster.head.files import fsync_dir
 from cluster.head.hosts import HostRecords
-from cluster.head.http import ApiError, Route
+from cluster.head.http import ApiError, Route, submission_key
 from cluster.head.metrics import PoolMetrics
 from cluster.head.raynodes import RayNodes
+from jobs.gpt.config import ConfigError, GPTConfig
 from workers.tasks.train_job import run_train_job
 
 from .options import PoolOptionError, PoolOptions
@@ -43,10 +46,11 @@ def requeue_reason(job: dict, alive: set[str], in_flight: set[int], pools: set[i
 
 
 class TrainJobs:
-    """`head` is the API address and token that a job's task reports to."""
+    """`head` is how a job's task reaches the API: its `address`, the `token`, and
+    the `ca` (PEM) of a head that speaks TLS."""
 
     def __init__(self, records: JobRecords, hosts: HostRecords, nodes: RayNodes, root: Path,
-                 head: tuple[str, str | None], pool_metrics: PoolMetrics, log: Callable[[str], None],
+                 head: dict, pool_metrics: PoolMetrics, log: Callable[[str], None],
                  stopping: threading.Event):
         self.records = records
         self.hosts = hosts
@@ -64,6 +68,8 @@ class TrainJobs:
         self.placing = threading.Lock()
         self.remote_job = ray.remote(run_train_job)
         self.root.mkdir(exist_ok=True)
+        for stale in self.root.glob("train-*/.*.tmp*"):  # uploads and saves a crash cut short
+            stale.unlink(missing_ok=True)
         records.requeue_running()
 
     def routes(self) -> dict:
@@ -93,23 +99,34 @@ class TrainJobs:
 
     # --- API ---
     def api_submit(self, body: dict) -> dict:
+        """Everything is checked and the config built before anything is stored: a
+        bad submission is a 400 and leaves no trace."""
         config = body.get("config")
         if not isinstance(config, dict) or "model" not in config or "train" not in config:
             raise ApiError(400, "config: expected the job's full config (model and train sections)")
+        try:
+            config = GPTConfig.from_dict(config).to_dict()
+        except ConfigError as err:
+            raise ApiError(400, str(err).splitlines()[0]) from None
         data = body.get("data")
-        if data is not None and not isinstance(data, str):
-            raise ApiError(400, f"data: expected a corpus name or path, got {data!r}")
+        if data is not None and (not isinstance(data, str) or not 0 < len(data) <= 4096 or "\0" in data):
+            raise ApiError(400, "data: expected a corpus name or path")
+        preset = body.get("preset", "")
+        if not isinstance(preset, str) or len(preset) > 100:
+            raise ApiError(400, "preset: expected the preset's name")
         pool = body.get("pool")
         if pool is not None:
             if not isinstance(pool, dict):
-                raise ApiError(400, f"pool: expected the pool options as a table, got {pool!r}")
+                raise ApiError(400, "pool: expected the pool options as a table")
             try:
                 pool = PoolOptions.from_dict(pool).__dict__
             except PoolOptionError as err:
                 raise ApiError(400, str(err)) from None
-        job_id = self.records.add(str(body.get("preset", "")), config, data, pool)
+        job_id, new = self.records.add(preset, config, data, pool, submission_key(body))
+        if not new:
+            return {"job": job_id}  # a retry of a submission already taken
         workers = "" if pool is None else f", workers {pool['workers'] or 'all'}"
-        self._note(job_id, f"submitted (preset {body.get('preset')}, data {data or 'default'}{workers})")
+        self._note(job_id, f"submitted (preset {preset}, data {data or 'default'}{workers})")
         with self.placing:
             self.place()
         return {"job": job_id}
@@ -168,19 +185,25 @@ class TrainJobs:
             raise ApiError(413, f"checkpoint: expected 1 to {MAX_CHECKPOINT_BYTES} bytes, got {length}")
         dest = self.checkpoint_path(job["id"])
         dest.parent.mkdir(exist_ok=True)
-        tmp = dest.with_suffix(f".tmp{os.getpid()}")
-        with open(tmp, "wb") as out:
-            remaining = length
-            while remaining:
-                chunk = rfile.read(min(remaining, 2**20))
-                if not chunk:
-                    tmp.unlink(missing_ok=True)
-                    raise ApiError(400, "checkpoint: upload ended early")
-                out.write(chunk)
-                remaining -= len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)  # the last good checkpoint stays whole until this moment
+        # A name of its own: two uploads of one job (a retry beside a slow first try) never mix.
+        fd, name = tempfile.mkstemp(dir=dest.parent, prefix=".ckpt.", suffix=".tmp")
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                remaining = length
+                while remaining:
+                    chunk = rfile.read(min(remaining, 2**20))
+                    if not chunk:
+                        raise ApiError(400, "checkpoint: upload ended early")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, dest)  # the last good checkpoint stays whole until this moment
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(dest.parent)
         self.records.set(job["id"], checkpoint=str(dest))
         return {"ok": True}
 
@@ -232,7 +255,9 @@ class TrainJobs:
             self.records.set(job_id, state="failed", error=f"internal: {cause}", finished_at=time.time())
             self._note(job_id, f"failed: {cause}")
             return
-        if "error" in result:
+        if "retry" in result:
+            self._requeue(job, result["retry"])
+        elif "error" in result:
             self.records.set(job_id, state="failed", error=result["error"], finished_at=time.time())
             self._note(job_id, f"failed: {result['error']}")
         else:
@@ -275,19 +300,20 @@ class TrainJobs:
                 continue
             config = json.loads(job["config_json"])
             need = gpt_bytes_needed(config["model"])
-            slots = []
+            slots, nodes = [], {}
             for row in self.hosts.alive():
-                if self.nodes.node_of(row.name) is not None:
+                nodes[row.name] = self.nodes.alive(row.ray_node_id)
+                if nodes[row.name] is not None:
                     slots += training_slots(row.info, busy.get(row.name, 0), need)
             slot = fastest(slots)
             if slot is None:
                 continue
-            node = self.nodes.node_of(slot.host)
+            node = nodes[slot.host]
             attempt = job["attempt"] + 1
             remote = self.remote_job.options(
                 num_cpus=1, num_gpus=0 if slot.gpu is None else 1, max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-            self.refs[job["id"]] = remote.remote(job["id"], attempt, config, job["data"], *self.head)
+            self.refs[job["id"]] = remote.remote(job["id"], attempt, config, job["data"], self.head)
             self.node_of_job[job["id"]] = node["NodeID"]
             self.records.set(job["id"], state="running", host=slot.host, attempt=attempt,
                              started_at=job["started_at"] or time.time())

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from jobs.gpt.config import ConfigError
+from jobs.gpt.config import CODECS, ConfigError
 
-CODECS = ("fp32", "fp16", "int8", "int4")
 # Values per scale: an outlier only coarsens its own block. 4-bit codes need
 # smaller blocks than 8-bit ones to keep the same relative error.
 BLOCK = {"int8": 256, "int4": 128}
@@ -86,6 +85,37 @@ def encode(vec: np.ndarray, codec: str) -> Packed:
             return Packed(codec, q, scales, size=vec.size)
         return Packed(codec, q[: vec.size], scales, size=vec.size)
     raise ConfigError(f"codec: expected one of {', '.join(CODECS)}, got {codec!r}")
+
+
+_DTYPES = {"fp32": np.float32, "fp16": np.float16, "int8": np.int8, "int4": np.uint8}
+
+
+def packed_problem(codec: object, data: object, scales: object, size: object, want_codec: str,
+                   want_size: int) -> str | None:
+    """Why a message that says it is a `want_codec` vector of `want_size` values is
+    not one (one line), or None. Anything that crossed the network is checked
+    before `decode` touches it: its codec, size, array types and lengths, and
+    the scales' finiteness."""
+    if codec != want_codec:
+        return f"codec: expected {want_codec}, got {str(codec)[:20]!r}"
+    if isinstance(size, bool) or not isinstance(size, int) or size != want_size:
+        return f"size: expected {want_size} values, got {str(size)[:20]}"
+    if not isinstance(data, np.ndarray) or data.dtype != _DTYPES[codec] or data.ndim != 1:
+        return f"data: expected a flat {np.dtype(_DTYPES[codec]).name} array"
+    if codec in BLOCK:
+        blocks = -(-size // BLOCK[codec])
+        length = blocks * BLOCK[codec] // 2 if codec == "int4" else size
+        if not isinstance(scales, np.ndarray) or scales.dtype != np.float32 or scales.shape != (blocks,):
+            return f"scales: expected {blocks} float32 scales"
+        if not np.isfinite(scales).all() or (scales < 0).any():
+            return "scales: expected finite, non-negative scales"
+    else:
+        length = size
+        if scales is not None:
+            return "scales: expected none for this codec"
+    if data.size != length:
+        return f"data: expected {length} codes, got {data.size}"
+    return None
 
 
 def decode(p: Packed) -> np.ndarray:

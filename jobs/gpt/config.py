@@ -78,6 +78,7 @@ class GPTConfig:
 
 
 TOKENIZERS = ("char", "byte")
+CODECS = ("fp32", "fp16", "int8", "int4")  # how pool deltas travel (jobs.gpt.codecs)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 # Fields a resumed run may change without becoming a different run: they affect how

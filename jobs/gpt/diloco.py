@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from jobs.gpt.codecs import CODECS, ErrorFeedback, Packed, decode
-from jobs.gpt.config import ConfigError, GPTConfig
+from jobs.gpt.codecs import ErrorFeedback, Packed, decode
+from jobs.gpt.config import CODECS, ConfigError, GPTConfig
 from jobs.gpt.data import BatchSampler
 from jobs.gpt.model import GPT
 from jobs.gpt.outer import PoolSchedule

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 
+from workers.headclient import HeadClient
 from workers.raynode import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,6 +34,12 @@ def salvage(*args: str, timeout: float = 150, check: bool = True) -> subprocess.
     return proc
 
 
+def simulated(spec: str | None) -> list[str]:
+    """`--simulate-gpus SPEC`, or nothing for None: an agent with no simulation probes
+    the real NVML (none here, so a CPU-only PC that is not simulated)."""
+    return [] if spec is None else ["--simulate-gpus", spec]
+
+
 class LocalCluster:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
@@ -43,6 +50,15 @@ class LocalCluster:
     def address(self) -> str:
         return f"127.0.0.2:{self.http_port}"
 
+    @property
+    def token_file(self) -> Path:
+        return self.state_dir / "token"
+
+    def client(self, timeout: float = 30.0) -> HeadClient:
+        """The head's API with the cluster's token, as the CLI on this machine uses it."""
+        host, port = self.address.split(":")
+        return HeadClient(host, int(port), self.token_file.read_text().strip(), timeout=timeout)
+
     def up(self, *extra: str) -> subprocess.CompletedProcess:
         return salvage("cluster", "up", "--state-dir", str(self.state_dir), "--port", str(self.ray_port),
                        "--http-port", str(self.http_port), *extra, timeout=240)
@@ -52,12 +68,12 @@ class LocalCluster:
             self.stop_agent(name)
         salvage("cluster", "down", "--state-dir", str(self.state_dir), check=False)
 
-    def join(self, name: str, simulate: str = "", *extra: str) -> subprocess.Popen:
+    def join(self, name: str, simulate: str | None = "", *extra: str) -> subprocess.Popen:
         log = open(self.state_dir / f"agent-{name}.log", "ab")
         proc = subprocess.Popen(
-            [*SALVAGE, "worker", "join", self.address, "--name", name, "--simulate-gpus", simulate,
-             "--metrics-port", "0", "--num-cpus", "1", "--poll-interval", "1",
-             "--log-dir", str(self.state_dir / "agents"), *extra],
+            [*SALVAGE, "worker", "join", self.address, "--name", name, *simulated(simulate),
+             "--token-file", str(self.token_file), "--metrics-port", "0", "--num-cpus", "1",
+             "--poll-interval", "1", "--log-dir", str(self.state_dir / "agents"), *extra],
             stdout=log, stderr=subprocess.STDOUT, env=test_env(), cwd=REPO, start_new_session=True)
         self.agents[name] = proc
         return proc

@@ -50,10 +50,7 @@ def wait_done(pool, batch, timeout=240, during=None) -> dict:
 
 
 def consistent(pool) -> list:
-    from workers.headclient import HeadClient
-
-    host, port = pool.address.split(":")
-    return HeadClient(host, int(port)).post("/api/science/check", {})["violations"]
+    return pool.client().post("/api/science/check", {})["violations"]
 
 
 def test_a_lying_host_is_caught_and_earns_nothing(pool):

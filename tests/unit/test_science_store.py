@@ -35,6 +35,7 @@ class Doubler:
     version = 1
     needs = Needs()
     self_verifying = False
+    default_quorum = 2
     max_result_bytes = 100
 
     def validate_params(self, params):
@@ -59,6 +60,7 @@ class Doubler:
 class SelfChecking(Doubler):
     name = "selfcheck"
     self_verifying = True
+    default_quorum = 1  # verify() proves the work here, unlike hp-fold's check of a fold
 
     def verify(self, params, result):
         return result["y"] == 2 * params["x"]
@@ -196,15 +198,56 @@ def test_too_many_errors_ends_the_wu(store):
     assert store.check_consistency() == []
 
 
-def test_client_error_is_replaced_by_a_copy_for_another_host(store):
+def test_client_error_is_replaced_and_its_host_may_try_again(store):
     batch = store.submit("double", [{"x": 3}], now=0)
     [t] = store.fetch_work(HostCaps("a"), 10, now=0)
+    assert store.fetch_work(HostCaps("a"), 10, now=0) == []  # not while its copy is out
     store.report("a", [Report(t.result_id, "client_error", "CUDA out of memory")], now=1)
-    assert store.fetch_work(HostCaps("a"), 10, now=2) == []  # never a second copy on the same host
-    work(store, "b")
-    work(store, "c")
+    # On a small pool, the host whose copy failed retries it rather than leave it waiting.
+    [again] = store.fetch_work(HostCaps("a"), 10, now=2)
+    assert again.wu_id == t.wu_id and again.result_id != t.result_id
+    store.report("a", [Report(again.result_id, "success", good(again))], now=3)
+    assert store.fetch_work(HostCaps("a"), 10, now=4) == []  # its result counts once: no third copy
+    assert not store.batch_status(batch)["done"]  # and never twice in one quorum
+    work(store, "b", now=5)
     assert store.batch_status(batch)["done"]
-    assert set(store.credit_by_host()) == {"b", "c"}
+    assert set(store.credit_by_host()) == {"a", "b"}
+    assert store.check_consistency() == []
+
+
+def test_a_two_pc_pool_with_failing_copies_ends_every_unit_valid(store):
+    batch = store.submit("double", [{"x": i} for i in range(30)], max_error_results=8, max_total_results=20, now=0)
+    rng = random.Random(3)
+    for step in range(40):
+        for host in ("a", "b"):
+            tasks = store.fetch_work(HostCaps(host), 5, now=step)
+            store.report(host, [Report(t.result_id, "success", good(t)) if rng.random() < 0.6
+                                else Report(t.result_id, "client_error", "OOM") for t in tasks], now=step + 0.5)
+        if store.batch_status(batch)["done"]:
+            break
+    st = store.batch_status(batch)
+    assert st["done"] and st["wus"]["done"] == 30 and st["wus"]["error"] == 0, st
+    assert set(store.credit_by_host()) == {"a", "b"}
+    assert store.check_consistency() == []
+
+
+def test_two_names_on_one_machine_never_meet_in_one_quorum(store):
+    batch = store.submit("double", [{"x": i} for i in range(10)], now=0)
+    pc = "machine-1"
+    first = store.fetch_work(HostCaps("alias-1", machine=pc), 100, now=0)
+    assert len(first) == 10
+    assert store.fetch_work(HostCaps("alias-2", machine=pc), 100, now=0) == []  # same PC, another name
+    lies = [Report(t.result_id, "success", bad(t)) for t in first]
+    store.report("alias-1", lies, now=1)
+    assert store.fetch_work(HostCaps("alias-2", machine=pc), 100, now=2) == []
+    # A name's machine is the one it was first seen on: claiming another does not help.
+    assert store.fetch_work(HostCaps("alias-1", machine="elsewhere"), 100, now=2) == []
+    work(store, "honest-1", now=3)
+    work(store, "honest-2", now=3)
+    st = store.batch_status(batch)
+    assert st["wus"]["done"] == 10
+    assert set(st["credit_by_host"]) == {"honest-1", "honest-2"}
+    assert store.check_consistency() == []
 
 
 def test_deadline_miss_is_no_reply_and_reissued(store):
@@ -216,7 +259,6 @@ def test_deadline_miss_is_no_reply_and_reissued(store):
     assert summary.accepted == 1
     st = store.batch_status(batch, now=61)
     assert st["results"]["no_reply"] == 1 and st["results"]["unsent"] == 1
-    assert store.fetch_work(HostCaps("slow"), 10, now=62) == []
     work(store, "c", now=62)
     assert store.batch_status(batch)["done"]
     slow = next(h for h in store.host_stats() if h["host"] == "slow")
@@ -284,6 +326,51 @@ def test_trusted_host_gets_single_copies_after_ten_valid(tmp_path):
     assert len(output_lines(store, batch)) == singles
     assert store.check_consistency() == []
     store.close()
+
+
+def test_a_trusted_host_always_has_some_units_spot_checked(tmp_path):
+    store = open_store(tmp_path, rng=random.Random(11))
+    _build_trust(store, n=200)  # cv 200: 1 - 1/cv would replicate only 0.5%
+    batch = store.submit("double", [{"x": i} for i in range(400)], now=1)
+    work(store, "a", n=1000, now=2)
+    replicated = 400 - store.batch_status(batch)["wus"]["done"]
+    assert 20 <= replicated <= 70, replicated  # SPOT_CHECK_SHARE of 400 is 40
+    store.close()
+
+
+def test_a_trusted_host_that_turns_liar_is_caught_and_its_single_copies_rechecked(tmp_path):
+    store = open_store(tmp_path, rng=random.Random(5))
+    _build_trust(store, hosts=("a", "b", "c"))
+    batch = store.submit("double", [{"x": i} for i in range(80)], now=1)
+    tasks = store.fetch_work(HostCaps("a"), 1000, now=2)
+    # Honest on the first half, then it lies: most lies pass as single copies at first.
+    store.report("a", [Report(t.result_id, "success", good(t) if t.params["x"] < 40 else bad(t))
+                       for t in tasks], now=3)
+    wrong_at_first = sum(line["result"]["y"] != 2 * line["params"]["x"] for line in output_lines(store, batch))
+    assert wrong_at_first > 20
+    for step in range(10):  # the others work until nothing is left
+        work(store, "b", now=4 + step)
+        work(store, "c", now=4 + step)
+    st = store.batch_status(batch)
+    assert st["done"] and st["wus"]["done"] == 80
+    lines = output_lines(store, batch)
+    assert len(lines) == 80 and len({line["wu"] for line in lines}) == 80
+    assert all(line["result"]["y"] == 2 * line["params"]["x"] for line in lines)  # no lie is canonical
+    stats = {h["host"]: h for h in store.host_stats()}
+    assert not stats["a"]["trusted"]
+    # a keeps the credit for its honest units (checked again) and for none of its lies.
+    assert store.credit_by_host()["a"] == pytest.approx((10 + 40) * CREDIT)
+    assert store.check_consistency() == []
+    store.close()
+
+
+def test_of_agreeing_results_the_most_trusted_hosts_is_canonical(store):
+    _build_trust(store, hosts=("veteran", "helper"), n=12)
+    batch = store.submit("double", [{"x": 5, "tag": "t"}], now=1)
+    work(store, "newcomer", now=2)  # sent first
+    work(store, "veteran", now=3)
+    [line] = output_lines(store, batch)
+    assert line["host"] == "veteran"
 
 
 def test_untrusted_host_always_gets_replicated(tmp_path):
@@ -573,7 +660,8 @@ class Needs:
     min_compute_capability: float = 0.0
 
 class App:
-    name = "double"; version = 1; needs = Needs(); self_verifying = False; max_result_bytes = 100
+    name = "double"; version = 1; needs = Needs(); self_verifying = False; default_quorum = 2
+    max_result_bytes = 100
     def validate_params(self, p): return p
     def flops(self, p): return 1e12
     def check_result(self, r): pass

@@ -6,12 +6,31 @@ so torch is imported inside its methods, on the PC only.
 from __future__ import annotations
 
 import io
+import os
 import time
 
+import numpy as np
 import ray
 
 from jobs.dutycycle import DutyCycle
 from jobs.gpt.config import GPTConfig
+
+from .faults import CORRUPT_DELTAS_ENV
+
+
+def corrupted(kind: str, result: tuple) -> tuple:
+    """A round result broken in one of faults.DELTA_FAULTS' ways."""
+    codec, data, scales, size, tokens, steps, *rest = result
+    if kind == "short":  # one value, to be broadcast over every parameter
+        return (codec, data[:1], scales, 1, tokens, steps, *rest)
+    if kind == "nan":
+        return (codec, np.full_like(data, np.nan) if data.dtype.kind == "f" else data,
+                None if scales is None else np.full_like(scales, np.nan), size, tokens, steps, *rest)
+    if kind == "codec":
+        return ("int8" if codec != "int8" else "fp16", data, scales, size, tokens, steps, *rest)
+    if kind == "inf-scale":
+        return (codec, data, None if scales is None else np.full_like(scales, 3e38), size, tokens, steps, *rest)
+    return (codec, data, scales, size, 10**15, steps, *rest)  # "tokens": claims a huge share of the average
 
 
 class PoolWorker:
@@ -49,8 +68,10 @@ class PoolWorker:
         fetch_s = time.perf_counter() - t0
         r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s, overrun_cost)
         d = r.delta
-        return (d.codec, d.data, d.scales, d.size, r.tokens, r.steps, time.perf_counter() - t0, fetch_s,
-                r.loss, r.sampler_state)
+        result = (d.codec, d.data, d.scales, d.size, r.tokens, r.steps, time.perf_counter() - t0, fetch_s,
+                  r.loss, r.sampler_state)
+        kind = os.environ.get(CORRUPT_DELTAS_ENV)
+        return corrupted(kind, result) if kind else result
 
     def evaluate(self, params) -> float:
         from jobs.gpt.train import evaluate

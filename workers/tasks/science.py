@@ -8,9 +8,7 @@ from jobs.dutycycle import DutyCycle
 from jobs.science.runner import run_tasks
 from jobs.science.tasks import Task
 
-# Set on a PC's Ray node by `worker join --corrupt-results` (tests only):
-# science tasks there forge their results, like a lying volunteer host.
-CORRUPT_RESULTS_ENV = "SALVAGE_TEST_CORRUPT_RESULTS"
+from .faults import CORRUPT_RESULTS_ENV
 
 
 def run_science_tasks(rows: list[tuple], device: str) -> list[tuple]:
