@@ -28,7 +28,7 @@ from .headclient import HeadClient, HeadError, HeadUnreachable, fetch_ca
 from .host import Poll, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
 from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
-from .records import NAME_RE, HostInfo
+from .records import NAME_RE, GpuSample, HostInfo
 
 JOIN_TIMEOUT_S = 10.0
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -281,7 +281,8 @@ class Agent:
     def heartbeat(self) -> None:
         poll = self.last_poll
         body = {"name": self.config.name, "agent_id": self.agent_id, "state": self.state,
-                "lost_gpus": [g.index for g in poll.gpus if g.lost] if poll else []}
+                "lost_gpus": [g.index for g in poll.gpus if g.lost] if poll else [],
+                "gpus": [self._reading(g) for g in poll.gpus] if poll else []}
         try:
             reply = self.head.post("/api/hosts/heartbeat", body)
         except HeadError as err:
@@ -297,6 +298,13 @@ class Agent:
             self.rejoin_needed = True
         elif self.state in ("idle", "busy"):
             self.state = "busy" if reply.get("running") else "idle"
+
+    def _reading(self, g: GpuSample) -> dict:
+        """What the head shows of a GPU now, and acts on (heat, errors)."""
+        return {"index": g.index, "lost": g.lost, "temperature_c": g.temperature_c, "utilization": g.utilization,
+                "memory_used_bytes": g.memory_used_bytes, "power_w": g.power_w,
+                "throttle": sorted(k for k, on in g.throttle.items() if on),
+                "xid_errors": self.gpu_reader.xid_errors.get(g.index, 0), "ecc_errors": g.ecc_errors}
 
     def run(self) -> int:
         os.umask(0o077)  # its secret, the head's CA and its Ray logs are this PC owner's alone

@@ -9,11 +9,13 @@ and the threads, runs the loop and shuts it all down. Nothing imports it.
 from __future__ import annotations
 
 import os
+import platform
 import signal
 import subprocess
 import tempfile
 import threading
 import time
+from importlib.metadata import version as package_version
 from pathlib import Path
 
 import ray
@@ -31,11 +33,13 @@ from .db import Database
 from .hosts import HostRecords, HostsApi
 from .http import Route, serve
 from .metrics import FleetView, HeadCollector, PoolMetrics
+from .page import CONTENT_TYPE, StatusPage
 from .prometheus import command, write_config
 from .raynodes import RayNodes
 from .state import HeadConfig, StateDir
 
 LOOP_INTERVAL_S = 1.0
+VERSIONS = {"python": platform.python_version(), "ray": ray.__version__, "salvage": package_version("salvage-cluster")}
 
 
 class Coordinator:
@@ -71,14 +75,28 @@ class Coordinator:
         self.registry.register(HeadCollector(FleetView(
             hosts=self.hosts, nodes=self.nodes, train_jobs=self.train.records.all, training_on=self.train.running_on,
             store=self.store, science_on=self.science.running_on, science_reported=lambda: self.science.reported)))
+        science_api = ScienceApi(self.store, self.log)
+        self.page = StatusPage(
+            status=lambda: self.hosts_api.api_status({}), train_list=lambda: self.train.api_list({}),
+            train_logs=lambda job, since: self.train.api_logs({"job": job, "since": since}),
+            science_status=lambda: science_api.api_status({}),
+            science_batch=lambda batch: science_api.api_status({"batch": batch}),
+            links={"metrics": "/metrics", "ray_dashboard": f"http://{config.host}:{config.dashboard_port}",
+                   "prometheus": f"http://{config.host}:{config.prometheus_port}" if config.prometheus_port else None,
+                   "grafana": os.environ.get("SALVAGE_GRAFANA_URL")})
         self.routes = {
             ("GET", "/api/health"): Route(lambda _body: {"ok": True}, open=True),
             ("GET", "/api/cluster"): Route(self.api_cluster),
             # On loopback, Prometheus scrapes without the token; on the LAN it sends it.
             ("GET", "/metrics"): Route(self.metrics_page, kind="page", open=not config.lan),
+            # The status page: open on loopback, behind the login form's cookie on the LAN.
+            ("GET", "/"): Route(lambda _q: (self.page.html(), CONTENT_TYPE), kind="page", open=not config.lan,
+                                login=True),
+            ("GET", "/fragment"): Route(lambda _q: (self.page.fragment(), CONTENT_TYPE), kind="page",
+                                        open=not config.lan, login=True),
             **self.hosts_api.routes(),
             **self.train.routes(),
-            **ScienceApi(self.store, self.log).routes(),
+            **science_api.routes(),
         }
         self.routes[("GET", "/sd/agents")] = Route(self.hosts_api.sd_page, kind="page", open=not config.lan)
         if self.tls is not None:  # what an agent checks against the join line's fingerprint
@@ -109,7 +127,9 @@ class Coordinator:
 
     # --- API ---
     def api_cluster(self, _body: dict) -> dict:
-        return {"ray_address": self.config.ray_address, "lan": self.config.lan, "epoch": self.hosts_api.epoch}
+        """What a PC needs to join, and what `salvage doctor` compares it with."""
+        return {"ray_address": self.config.ray_address, "lan": self.config.lan, "epoch": self.hosts_api.epoch,
+                "versions": VERSIONS, "time": time.time()}
 
     def metrics_page(self, _query: dict) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -202,7 +222,7 @@ class Coordinator:
                         raise
             self._stop_on_signals()  # again: ray.init put in its own, which exits at once
             server = serve(self.routes, self.config.host, self.config.http_port, self.token, self.log,
-                           tls=self.tls.server_context() if self.tls else None)
+                           tls=self.tls.server_context() if self.tls else None, login_form=self.page.login_form)
             threading.Thread(target=server.serve_forever, daemon=True).start()
             science = threading.Thread(target=self.science.run, daemon=True, name="science")
             science.start()

@@ -174,6 +174,9 @@ def _v2_integrity(conn: sqlite3.Connection) -> None:
     idempotent, and a batch's output file can be marked for a rewrite."""
     conn.execute("ALTER TABLE hosts ADD COLUMN secret_hash TEXT")
     conn.execute("ALTER TABLE hosts ADD COLUMN machine TEXT")
+    # What the agent's last heartbeat said: its state and each GPU's readings.
+    conn.execute("ALTER TABLE hosts ADD COLUMN agent_state TEXT")
+    conn.execute("ALTER TABLE hosts ADD COLUMN live_json TEXT NOT NULL DEFAULT '[]'")
     conn.execute("ALTER TABLE sci_host ADD COLUMN machine TEXT")  # NULL: its own name
     # A host may retry a copy that failed on it (small pools would starve otherwise);
     # what must hold is that one machine never has two live or successful copies of

@@ -10,7 +10,7 @@ import json
 import re
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from workers.records import HostInfo, RecordError
@@ -23,7 +23,8 @@ LOST_AFTER_S = 20.0  # an agent beats every 5 s; three missed beats and it is lo
 AGENT_ID_RE = re.compile(r"[0-9a-f]{32}")
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
 COLUMNS = ("name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen, "
-           "secret_hash, machine")
+           "secret_hash, machine, agent_state, live_json")
+THROTTLE_REASONS = ("power_cap", "sw_thermal", "hw_thermal", "hw_slowdown")
 
 
 @dataclass
@@ -39,6 +40,8 @@ class HostRow:
     last_seen: float
     secret_hash: str | None = None  # the credential the name is bound to; None only before its first join
     machine: str | None = None  # the PC it runs on, as quorums count it
+    agent_state: str | None = None  # as its last heartbeat said
+    live: list[dict] = field(default_factory=list)  # each GPU's readings at its last heartbeat
 
 
 class HostRecords:
@@ -85,13 +88,14 @@ class HostRecords:
             cur = self.db.conn.execute("DELETE FROM hosts WHERE name = ?", (name,))
         return cur.rowcount == 1
 
-    def heartbeat(self, name: str, agent_id: str, lost_gpus: list[int]) -> bool:
+    def heartbeat(self, name: str, agent_id: str, lost_gpus: list[int], agent_state: str,
+                  live: list[dict]) -> bool:
         """Record a beat; False when no live registration of this agent exists."""
         with self.db.lock:
             cur = self.db.conn.execute(
-                "UPDATE hosts SET last_seen = ?, state = 'alive', lost_gpus = ? "
+                "UPDATE hosts SET last_seen = ?, state = 'alive', lost_gpus = ?, agent_state = ?, live_json = ? "
                 "WHERE name = ? AND agent_id = ? AND state != 'left'",
-                (time.time(), json.dumps(lost_gpus), name, agent_id))
+                (time.time(), json.dumps(lost_gpus), agent_state, json.dumps(live), name, agent_id))
         return cur.rowcount == 1
 
     def set_state(self, name: str, state: str, agent_id: str | None = None) -> bool:
@@ -114,10 +118,37 @@ class HostRecords:
 
 def _host_row(row: tuple) -> HostRow:
     (name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen,
-     secret_hash, machine) = row
+     secret_hash, machine, agent_state, live_json) = row
     return HostRow(name=name, agent_id=agent_id, state=state, info=HostInfo.from_dict(json.loads(info_json)),
                    metrics_addr=metrics_addr, ray_node_id=ray_node_id, lost_gpus=json.loads(lost_gpus),
-                   joined_at=joined_at, last_seen=last_seen, secret_hash=secret_hash, machine=machine)
+                   joined_at=joined_at, last_seen=last_seen, secret_hash=secret_hash, machine=machine,
+                   agent_state=agent_state, live=json.loads(live_json))
+
+
+def live_readings(value) -> list[dict]:
+    """The GPU readings of a heartbeat, checked: what is not a known, bounded
+    reading is a 400 (the head shows these and acts on them)."""
+    if not isinstance(value, list) or len(value) > 16:
+        raise ApiError(400, "gpus: expected a list of at most 16 GPU readings")
+    out = []
+    for i, g in enumerate(value):
+        if not isinstance(g, dict) or g.get("index") != i:
+            raise ApiError(400, f"gpus[{i}]: expected the readings of GPU {i}")
+        reading = {"index": i, "lost": g.get("lost") is True}
+        for key, hi in (("temperature_c", 200.0), ("utilization", 1.0), ("memory_used_bytes", 2.0**42),
+                        ("power_w", 5000.0), ("xid_errors", 1e9), ("ecc_errors", 1e12)):
+            v = g.get(key)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= hi:
+                raise ApiError(400, f"gpus[{i}].{key}: expected a number from 0 to {hi:g}")
+            reading[key] = v
+        throttle = g.get("throttle", [])
+        if not isinstance(throttle, list) or not set(throttle) <= set(THROTTLE_REASONS):
+            raise ApiError(400, f"gpus[{i}].throttle: expected reasons among {', '.join(THROTTLE_REASONS)}")
+        reading["throttle"] = sorted(set(throttle))
+        out.append(reading)
+    return out
 
 
 def secret_hash(secret: str) -> str:
@@ -205,15 +236,17 @@ class HostsApi:
         nodes = []
         for row in self.hosts.all():
             info = row.info
+            live = {g["index"]: g for g in row.live} if row.state == "alive" else {}
             ray_node = self.nodes.alive(row.ray_node_id) if row.state == "alive" else None
             nodes.append({
                 "name": row.name, "state": row.state, "cpu_only": info.cpu_only,
                 "speed_gflops": round(info.speed_gflops, 1),
                 "cpu": {"model": info.cpu_model, "cores": info.cpu_cores, "ram_bytes": info.ram_bytes},
-                "gpus": [{"index": g.index, "name": g.name, "vram_bytes": g.vram_bytes,
+                "gpus": [{**live.get(g.index, {}), "index": g.index, "name": g.name, "vram_bytes": g.vram_bytes,
                           "compute_capability": g.compute_capability, "uuid": g.uuid,
                           "speed_gflops": g.speed_gflops, "lost": g.index in row.lost_gpus}
                          for g in info.gpus],
+                "agent_state": row.agent_state,
                 "running": running.get(row.name, []),
                 "ray_labels": {k: v for k, v in (ray_node or {}).get("Labels", {}).items()
                                if k.startswith("salvage.io/")},
@@ -267,9 +300,11 @@ class HostsApi:
         if not isinstance(lost, list) or len(lost) > 64 or \
                 not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 64 for i in lost):
             raise ApiError(400, "lost_gpus: expected a list of GPU indexes")
-        if body.get("state", "idle") not in AGENT_STATES:
+        state = body.get("state", "idle")
+        if state not in AGENT_STATES:
             raise ApiError(400, f"state: expected one of {', '.join(AGENT_STATES)}")
-        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost))):
+        live = live_readings(body.get("gpus", []))
+        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost)), state, live):
             raise ApiError(404, f"name: {name!r} is not registered here")
         return {"running": self.busy().get(name, 0), "epoch": self.epoch}
 

@@ -46,10 +46,10 @@ class Route:
     """One endpoint. `kind` says what its handler takes and returns:
     json: the body (a dict) -> a JSON-able reply;
     stream: (query, rfile, length) -> a dict, or a Path whose bytes are the reply;
-    page: the query -> (bytes, content type);
-    form: the urlencoded form (a dict) -> (status, headers, bytes), for the login.
-    `open` endpoints answer without the cluster's token. `login` pages answer an
-    unauthorised browser with the login form rather than a 401."""
+    page: the query -> (bytes, content type).
+    `open` endpoints answer without the cluster's token. `login` routes are the
+    status page's: they also take its cookie (set by POST /login), and `/` shows
+    an unauthorised browser the login form rather than a 401."""
 
     handler: Callable
     kind: str = "json"
@@ -70,6 +70,12 @@ def submission_key(body: dict) -> str | None:
     return key
 
 
+def session_value(token: str) -> str:
+    """The status page's cookie: derived from the token, so the cookie a browser
+    keeps is not the token itself (it opens the page, and only the page's reads)."""
+    return hmac.new(token.encode(), b"salvage status page", "sha256").hexdigest()
+
+
 def token_matches(given: str | None, token: str) -> bool:
     """Compare as bytes: a header is text in latin-1, and hmac refuses non-ASCII str."""
     if not given:
@@ -82,7 +88,7 @@ class Handler(BaseHTTPRequestHandler):
     routes: Routes
     token: str
     log: Callable[[str], None]
-    login_form: Callable[[], bytes] | None
+    login_form: Callable[[str | None], bytes] | None
     server_version = "salvage-head"
     # HTTP/1.0 (the default): one request per connection, so an answer sent before
     # a body was read (a 401, a 413) can never leave that body to be read as a request.
@@ -113,16 +119,29 @@ class Handler(BaseHTTPRequestHandler):
     def _json(self, status: int, obj) -> None:
         self._send(status, json.dumps(obj).encode())
 
-    def _authorised(self) -> bool:
+    def _authorised(self, route: Route | None = None) -> bool:
+        """The bearer token; for the status page's own routes, its cookie too."""
         header = self.headers.get("Authorization")
         if header is not None:
             return token_matches(header.removeprefix("Bearer ").strip(), self.token)
+        if route is None or not route.login:
+            return False
         jar = cookies.SimpleCookie()
         try:
             jar.load(self.headers.get("Cookie", ""))
         except cookies.CookieError:
             return False
-        return COOKIE in jar and token_matches(jar[COOKIE].value, self.token)
+        return COOKIE in jar and token_matches(jar[COOKIE].value, session_value(self.token))
+
+    def _login(self) -> None:
+        """POST /login from the status page's form: the right token sets the page's
+        cookie (HttpOnly, this site only) and goes back to the page."""
+        given = self._form().get("token", "").strip()
+        if not token_matches(given, self.token):
+            self._send(401, self.login_form("token: that is not this cluster's token"), "text/html; charset=utf-8")
+            return
+        cookie = f"{COOKIE}={session_value(self.token)}; HttpOnly; SameSite=Strict; Path=/"
+        self._send(303, b"", "text/plain", {"Location": "/", "Set-Cookie": cookie})
 
     def _length(self) -> int:
         raw = self.headers.get("Content-Length")
@@ -174,10 +193,13 @@ class Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(query_text))
         route = self.routes.get((method, path))
         try:
+            if (method, path) == ("POST", "/login") and self.login_form is not None:
+                self._login()
+                return
             # An unknown path needs the token too: say nothing about which paths exist.
-            if (route is None or not route.open) and not self._authorised():
-                if route is not None and route.login and self.login_form is not None:
-                    self._send(200, self.login_form(), "text/html; charset=utf-8")
+            if (route is None or not route.open) and not self._authorised(route):
+                if route is not None and route.login and route.kind == "page" and path == "/":
+                    self._send(200, self.login_form(None), "text/html; charset=utf-8")
                     return
                 raise ApiError(401, NEEDS_TOKEN)
             if route is None:
@@ -185,9 +207,6 @@ class Handler(BaseHTTPRequestHandler):
             if route.kind == "page":
                 body, content_type = route.handler(query)
                 self._send(200, body, content_type)
-            elif route.kind == "form":
-                status, headers, body = route.handler(self._form())
-                self._send(status, body, "text/html; charset=utf-8", headers)
             elif route.kind == "stream":
                 # Large bodies and replies (checkpoints) go through files, not memory.
                 result = route.handler(query, self.rfile, self._length())
@@ -261,7 +280,8 @@ class BoundedServer(ThreadingHTTPServer):
 
 
 def serve(routes: Routes, host: str, port: int, token: str, log: Callable[[str], None],
-          tls: ssl.SSLContext | None = None, login_form: Callable[[], bytes] | None = None) -> BoundedServer:
+          tls: ssl.SSLContext | None = None,
+          login_form: Callable[[str | None], bytes] | None = None) -> BoundedServer:
     if not token:
         raise ValueError("token: the head never serves without one")  # fail closed, whatever the caller did
     handler = type("BoundHandler", (Handler,), {"routes": routes, "token": token, "log": staticmethod(log),
