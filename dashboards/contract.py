@@ -51,6 +51,8 @@ METRICS: tuple[Metric, ...] = (
     _agent("salvage_host_disk_used_bytes", "gauge"),
     _agent("salvage_host_disk_total_bytes", "gauge"),
     _agent("salvage_agent_state", "gauge", "state"),
+    _agent("salvage_agent_paused", "gauge", "reason"),
+    _agent("salvage_gpu_paused", "gauge", "gpu", "reason"),
     _agent("salvage_agent_poll_duration_seconds", "histogram"),
     _agent("salvage_device_speed_flops", "gauge", "device"),
     # Coordinator on the head.

@@ -22,13 +22,18 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 
 from jobs.dutycycle import DUTY_CYCLE_ENV
 
-from . import benchmark
+from . import benchmark, doctor
 from .gpus import GpuReader, open_nvml
 from .headclient import HeadClient, HeadError, HeadUnreachable, fetch_ca
+from .health import HealthMonitor, run_check
 from .host import Poll, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
+from .pauses import Pauses
+from .policy import Policy
 from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
-from .records import NAME_RE, GpuSample, HostInfo
+from .records import MAX_TEXT, NAME_RE, GpuSample, HostInfo
+from .tasks.pausing import PAUSE_FILE_ENV
+from .tasks.science import CHECKPOINT_DIR_ENV
 
 JOIN_TIMEOUT_S = 10.0
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -51,6 +56,8 @@ class AgentConfig:
     num_cpus: int | None = None
     node_ip: str | None = None
     duty_cycle: float = 1.0  # the owner's limit: work runs at most this fraction of wall time
+    policy: Policy = field(default_factory=Policy)  # the owner's, as loaded at join
+    policy_file: Path | None = None  # re-read when it changes
     log_dir: Path = field(default_factory=lambda: Path.home() / ".salvage" / "agent")
     ray_env: dict[str, str] = field(default_factory=dict)
 
@@ -109,6 +116,9 @@ class Agent:
             raise JoinError(f"address: expected HOST:PORT of the head, got {config.address!r}")
         self.head_host, self.head_port = host, int(port)
         self.head = HeadClient(host, int(port), config.token)
+        self.health = HealthMonitor(check=self._health_check)
+        self.pauses: Pauses | None = None  # made at join, once the log dir is known
+        self.beat_now = False  # a pause or resume: tell the head without waiting for the next beat
 
     # --- the steps of a join ---
     def trust_head(self) -> None:
@@ -153,13 +163,20 @@ class Agent:
             simulated=self.config.simulate_gpus is not None,
             duty_cycle=self.config.duty_cycle, machine_id=machine_id(),
         )
+        if gpus and not info.simulated:  # simulated GPUs run on the CPU: nothing to check
+            # A card the installed torch cannot drive is not offered (it would fail every
+            # job with "no kernel image"); the note names it and the torch build to install.
+            for check in doctor.unusable_gpus(gpus, doctor.torch_facts().arch_list):
+                gpu = gpus[int(check.name[3:])]
+                gpu.problem = f"{check.detail}. Fix: {check.fix}"[:MAX_TEXT]
+                info.notes.append(f"GPU {gpu.index} is not offered: {gpu.problem}")
         self.host_info = info
         return info
 
     def measure(self) -> float | None:
         """Sets this PC's speeds; returns the age in seconds of kept figures, None if measured now."""
         info = self.host_info
-        real_gpus = [] if info.simulated else [g.index for g in info.gpus]
+        real_gpus = [] if info.simulated else [g.index for g in info.gpus if not g.problem]
         # Same CPU, same GPUs, same Python (hence torch): the same speeds.
         identity = {"cpu": info.cpu_model, "python": sys.executable,
                     "gpus": [[g.index, g.name, g.uuid] for g in info.gpus if not info.simulated]}
@@ -234,8 +251,11 @@ class Agent:
         if store:
             args += ["--object-store-memory", store]
         env = ray_env(self.config.token, self.config.ray_env)
-        # Ray's workers inherit the raylet's environment: every job this node runs sees the limit.
-        env[DUTY_CYCLE_ENV] = repr(self.config.duty_cycle)
+        # Ray's workers inherit the raylet's environment: every job this node runs sees
+        # the owner's limit, the pause file and where science keeps its checkpoints.
+        env[DUTY_CYCLE_ENV] = repr(min(self.config.duty_cycle, self.config.policy.duty_cycle))
+        env[PAUSE_FILE_ENV] = str(self.pause_file)
+        env[CHECKPOINT_DIR_ENV] = str(self.checkpoint_dir)
         self.ray_node = RayNode(args, env, self.config.log_dir / f"{info.name}-ray.log")
         self.ray_node.start()
         self.node_ip = ip
@@ -282,7 +302,9 @@ class Agent:
         poll = self.last_poll
         body = {"name": self.config.name, "agent_id": self.agent_id, "state": self.state,
                 "lost_gpus": [g.index for g in poll.gpus if g.lost] if poll else [],
-                "gpus": [self._reading(g) for g in poll.gpus] if poll else []}
+                "gpus": [self._reading(g) for g in poll.gpus] if poll else [],
+                "paused": self.pauses.state.as_json() if self.pauses else None,
+                "health": {"host": self.health.host(), "gpus": {str(i): w for i, w in self.health.gpus().items()}}}
         try:
             reply = self.head.post("/api/hosts/heartbeat", body)
         except HeadError as err:
@@ -296,7 +318,14 @@ class Agent:
             return  # the head may be restarting; keep working and try again next beat
         if reply.get("epoch") != self.epoch:
             self.rejoin_needed = True
-        elif self.state in ("idle", "busy"):
+            return
+        directives = reply.get("directives") or {}
+        if self.pauses is not None and directives != self.pauses.directives:
+            self.pauses.directives = directives
+            if directives.get("check_host"):
+                self.health.mark("host", "its tasks kept failing (the head saw it)")
+            self.step_aside()
+        if self.state in ("idle", "busy"):
             self.state = "busy" if reply.get("running") else "idle"
 
     def _reading(self, g: GpuSample) -> dict:
@@ -306,8 +335,68 @@ class Agent:
                 "throttle": sorted(k for k, on in g.throttle.items() if on),
                 "xid_errors": self.gpu_reader.xid_errors.get(g.index, 0), "ecc_errors": g.ecc_errors}
 
+    # --- the owner's policy, the operator's pauses, health ---
+    @property
+    def pause_file(self) -> Path:
+        return self.config.log_dir / f"{self.config.name}.pause.json"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.config.log_dir / f"{self.config.name}-checkpoints"
+
+    @property
+    def policy_report(self) -> Path:
+        return self.config.log_dir / f"{self.config.name}.policy.json"
+
+    def _health_check(self, device: str) -> tuple[bool, str]:
+        # A simulated GPU's work runs on this CPU: its check is the CPU's.
+        if device.startswith("gpu") and self.host_info is not None and self.host_info.simulated:
+            device = "cpu"
+        return run_check(device)
+
+    def step_aside(self) -> None:
+        """Decide again what may run; say what changed, and tell the head at once."""
+        if self.pauses is None:
+            return
+        before = self.pauses.state
+        if self.pauses.update(self.last_poll):
+            after = self.pauses.state
+            if after.host and not before.host:
+                self.say(f"paused ({after.host}): {'; '.join(after.detail)}")
+            elif before.host and not after.host:
+                self.say("resumed" + (f"; still: {'; '.join(after.detail)}" if after.detail else ""))
+            elif after.gpus != before.gpus or after.science != before.science:
+                self.say(f"devices: {'; '.join(after.detail) or 'all running'}")
+            if self.state in ("idle", "busy", "paused"):
+                self.state = "paused" if after.host else "idle"
+            self.beat_now = True
+        self.pauses.write_report(self.policy_report)
+
+    def apply_power_cap(self) -> None:
+        """The owner's GPU power cap, where the driver lets this user set it."""
+        watts = self.config.policy.power_cap_w
+        if watts is None or not self.host_info.gpus:
+            return
+        refused = self.gpu_reader.set_power_cap(watts)
+        if refused:
+            self.say(f"note: power cap of {watts:g} W not set ({refused}); run the agent as root or set it "
+                     f"with `nvidia-smi -pl {watts:g}`")
+
+    def forget_old_checkpoints(self, older_than_s: float = 2 * 86400) -> None:
+        """Science checkpoints of units that went on elsewhere."""
+        cutoff = time.time() - older_than_s
+        for path in self.checkpoint_dir.glob("science/*.ckpt"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                pass
+
     def run(self) -> int:
         os.umask(0o077)  # its secret, the head's CA and its Ray logs are this PC owner's alone
+        self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.pauses = Pauses(self.pause_file, self.config.policy, self.config.policy_file, self.health, self.say)
+        self.forget_old_checkpoints()
         self.trust_head()
         cluster = self.contact_head()
         self.say(f"head at {self.config.address} (Ray {cluster['ray_address']})")
@@ -321,14 +410,23 @@ class Agent:
         kept = "" if age is None else f" (kept from {age / 60:.0f} min ago)"
         self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s{kept}")
         self.poll()
+        self.apply_power_cap()
+        self.step_aside()
         self.join_ray(cluster, first=True)
         self.say(f"joined as {info.name}; metrics on http://{self.metrics_addr}/metrics")
         self._install_signal_handlers()
         next_beat = 0.0
         while not self._stop.is_set():
             self.poll()
+            if self.last_poll:
+                self.health.observe(self.last_poll.gpus, self.gpu_reader.xid_errors)
+                self.health.due({f"gpu{g.index}" for g in self.last_poll.gpus if g.lost})
+            for note in self.health.take_notes():
+                self.say(note)
+            self.step_aside()
             now = time.monotonic()
-            if now >= next_beat:
+            if now >= next_beat or self.beat_now:
+                self.beat_now = False
                 self.heartbeat()
                 next_beat = now + self.config.heartbeat_interval
             if self.rejoin_needed or not self.ray_node.alive():
@@ -349,7 +447,7 @@ class Agent:
                 raise
         self.epoch = cluster.get("epoch")
         self.rejoin_needed = False
-        self.state = "idle"
+        self.state = "paused" if self.pauses and self.pauses.state.host else "idle"
 
     def rejoin(self) -> None:
         """The head restarted (a new Ray cluster) or our Ray node died: start a

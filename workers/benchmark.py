@@ -39,11 +39,37 @@ def measure(device: str, seconds: float = 0.5) -> float:
     return best
 
 
+class BenchmarkError(RuntimeError):
+    """The measurement failed; `str()` is its one-line reason (the child's last error line)."""
+
+
 def run_in_child(gpu_indices: list[int], timeout: float = 120.0) -> dict[str, float]:
     """Measure CPU and the given CUDA devices in a child process."""
     cmd = [sys.executable, "-P", "-m", "workers.benchmark", *map(str, gpu_indices)]  # -P: not the cwd on the path
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True)
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchmarkError(f"the measurement took over {timeout:.0f} s") from None
+    if out.returncode != 0:
+        from .doctor import failure_reason  # lazy: the benchmark child needs none of it
+
+        raise BenchmarkError(failure_reason(out))
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def check(device: str) -> dict:
+    """The health check: a fixed matrix product on `device` against float64 on the
+    CPU. A GPU that lies about its arithmetic, or cannot run it, fails."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1234)
+    a = torch.randn(256, 256, generator=gen, dtype=torch.float64)
+    b = torch.randn(256, 256, generator=gen, dtype=torch.float64)
+    want = a @ b
+    target = "cpu" if device == "cpu" else f"cuda:{device[3:]}"
+    got = (a.float().to(target) @ b.float().to(target)).double().cpu()
+    error = float((got - want).norm() / want.norm())
+    return {"ok": bool(error < 1e-4), "detail": f"{device}: relative error {error:.1e} of a 256x256 product"}
 
 
 def measure_cached(gpu_indices: list[int], identity: dict, path: Path,
@@ -69,6 +95,9 @@ def measure_cached(gpu_indices: list[int], identity: dict, path: Path,
 def main(argv: list[str]) -> None:
     import torch
 
+    if argv[:1] == ["--check"]:
+        print(json.dumps(check(argv[1])))
+        return
     torch.set_num_threads(1)  # per-core figure: the agent may share the PC with others
     result = {"cpu": measure("cpu")}
     for index in map(int, argv):

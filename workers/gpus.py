@@ -83,6 +83,18 @@ class GpuReader:
             ))
         return gpus
 
+    def set_power_cap(self, watts: float) -> str | None:
+        """Cap every GPU's power at `watts` (within what each card allows); None when
+        set, else why not, in one line (setting it needs root on most drivers)."""
+        nvml = self.nvml
+        for index, handle in enumerate(self.handles):
+            try:
+                low, high = nvml.nvmlDeviceGetPowerManagementLimitConstraints(handle)
+                nvml.nvmlDeviceSetPowerManagementLimit(handle, int(min(max(watts * 1000, low), high)))
+            except nvml.NVMLError as err:
+                return f"GPU {index}: NVML says {err}"
+        return None
+
     def _optional(self, fn, handle, scale: float = 1.0, *args):
         """A reading some cards do not support (fan on a passive card, ECC...)."""
         try:

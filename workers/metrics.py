@@ -11,6 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from .gpus import THROTTLE_REASONS, GpuReader
 from .host import Poll
+from .pauses import Pauses
 from .records import HostInfo
 
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
@@ -28,6 +29,7 @@ class AgentReadings(Protocol):
     state: str
     speeds: dict[str, float]
     gpu_reader: GpuReader
+    pauses: Pauses | None
 
 
 class AgentCollector:
@@ -57,6 +59,18 @@ class AgentCollector:
         for s in AGENT_STATES:
             state.add_metric([s], 1.0 if agent.state == s else 0.0)
         yield state
+        paused = agent.pauses.state if agent.pauses else None
+        host = _gauge("agent_paused", "1 while the whole PC is paused, by reason (owner, window, operator...).",
+                      ["reason"])
+        gpus = _gauge("gpu_paused", "1 while the GPU takes no work, by reason (hot, unhealthy, operator...).",
+                      ["gpu", "reason"])
+        if paused is not None:
+            if paused.host:
+                host.add_metric([paused.host], 1.0)
+            for index, reason in sorted(paused.gpus.items()):
+                gpus.add_metric([str(index), reason], 1.0)
+        yield host
+        yield gpus
         speed = _gauge("device_speed_flops", "Measured fp32 matmul rate per device, FLOP/s.", ["device"])
         for device, gflops in agent.speeds.items():
             speed.add_metric([device], gflops * 1e9)

@@ -14,7 +14,7 @@ from typing import Any
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
 CC_RE = re.compile(r"\d{1,2}\.\d")
 MAX_GPUS = 16
-MAX_TEXT = 200
+MAX_TEXT = 300
 MAX_NOTES = 20
 
 
@@ -36,6 +36,7 @@ class GpuInfo:
     pcie_gen: int | None = None
     pcie_width: int | None = None
     speed_gflops: float | None = None
+    problem: str | None = None  # why it cannot take work (a torch without its kernels), with the fix
 
 
 @dataclass
@@ -136,6 +137,7 @@ def _gpu(data: Any, position: int) -> GpuInfo:
         pcie_gen=_int(body, "pcie_gen", where, 1, 16, optional=True),
         pcie_width=_int(body, "pcie_width", where, 1, 64, optional=True),
         speed_gflops=_number(body, "speed_gflops", where, 0.0, 1e7, optional=True),
+        problem=_text(body, "problem", where) if body.get("problem") is not None else None,
     )
 
 

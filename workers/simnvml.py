@@ -29,7 +29,8 @@ NVML_MEMORY_ERROR_TYPE_UNCORRECTED = pynvml.NVML_MEMORY_ERROR_TYPE_UNCORRECTED
 NVML_VOLATILE_ECC = pynvml.NVML_VOLATILE_ECC
 
 _LIVE_FIELDS = {"temperature_c", "utilization", "power_w", "fan_ratio", "lost",
-                "memory_used", "throttle", "power_limit_w", "gflops", "xid_errors"}
+                "memory_used", "throttle", "power_limit_w", "gflops", "xid_errors", "ecc_errors",
+                "power_cap_permitted"}
 _THROTTLE_BITS = {
     "power_cap": pynvml.nvmlClocksEventReasonSwPowerCap,
     "hw_slowdown": pynvml.nvmlClocksEventReasonHwSlowdown,
@@ -59,6 +60,8 @@ class SimGpu:
     throttle: list[str] = field(default_factory=list)
     gflops: float | None = None
     xid_errors: int = 0
+    ecc_errors: int | None = None  # None: a card without ECC, as consumer cards are
+    power_cap_permitted: bool = True  # False: as a driver answers a user who is not root
 
 
 def parse_size(text: str, where: str) -> int:
@@ -88,9 +91,9 @@ def _gpu_from_obj(obj: object, where: str) -> SimGpu:
                  cc=_parse_cc(obj["cc"], f"{where}.cc"))
     for key in _LIVE_FIELDS & set(obj):
         value = obj[key]
-        if key == "lost":
+        if key in ("lost", "power_cap_permitted"):
             if not isinstance(value, bool):
-                raise SpecError(f"{where}.lost: expected true or false, got {value!r}")
+                raise SpecError(f"{where}.{key}: expected true or false, got {value!r}")
         elif key == "throttle":
             if not isinstance(value, list) or not set(value) <= set(_THROTTLE_BITS):
                 raise SpecError(f"{where}.throttle: expected a list of {sorted(_THROTTLE_BITS)}")
@@ -251,9 +254,23 @@ class SimulatedNvml:
         return self._reasons(self._gpu(handle))
 
     def nvmlDeviceGetEccMode(self, handle):
-        # Consumer cards, which is what gets donated, have no ECC.
+        # Consumer cards, which is what gets donated, have no ECC; a spec may give one.
+        if self._gpu(handle).ecc_errors is None:
+            raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return (1, 1)
+
+    def nvmlDeviceGetTotalEccErrors(self, handle, error_type: int, counter_type: int) -> int:
+        return int(self._gpu(handle).ecc_errors or 0)
+
+    def nvmlDeviceGetPowerManagementLimitConstraints(self, handle) -> tuple[int, int]:
         self._gpu(handle)
-        raise NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return 50_000, 500_000
+
+    def nvmlDeviceSetPowerManagementLimit(self, handle, milliwatts: int) -> None:
+        gpu = self._gpu(handle)
+        if not gpu.power_cap_permitted:
+            raise NVMLError(pynvml.NVML_ERROR_NO_PERMISSION)
+        gpu.power_limit_w = milliwatts / 1000
 
     # Xid errors arrive as NVML events; the file's `xid_errors` count is
     # turned into one event per increase.

@@ -9,6 +9,7 @@ import click
 
 from .cluster import cluster
 from .demo import demo
+from .doctor import doctor
 from .science import science
 from .train import train
 from .worker import worker
@@ -26,5 +27,5 @@ def main():
     """
 
 
-for group in (cluster, worker, train, science, demo):
+for group in (cluster, worker, train, science, demo, doctor):
     main.add_command(group)

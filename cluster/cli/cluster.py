@@ -11,6 +11,7 @@ import time
 
 import click
 
+from cluster.head import alertmanager
 from cluster.head.prometheus import DEPLOY, PrometheusError, command
 from cluster.head.state import (
     DEFAULT_HTTP_PORT,
@@ -46,14 +47,24 @@ def cluster():
 @click.option("--prometheus", "with_prometheus", is_flag=True,
               help="Also run a local Prometheus with deploy/prometheus's config and alerts.")
 @click.option("--prometheus-port", type=int, default=9090, show_default=True, help="Where that Prometheus listens.")
+@click.option("--alertmanager", "with_alertmanager", is_flag=True,
+              help="Also run Alertmanager (Debian's prometheus-alertmanager) so the alert rules reach someone; "
+                   "implies --prometheus.")
+@click.option("--alertmanager-port", type=int, default=alertmanager.DEFAULT_PORT, show_default=True,
+              help="Where Alertmanager listens (on this machine's loopback only).")
+@click.option("--alert-webhook", default=None, metavar="URL",
+              help="Where alerts are sent (a webhook receiving Alertmanager's JSON); kept in "
+                   "STATE_DIR/alertmanager/alertmanager.yml (mode 600), which may be edited for e-mail.")
 @click.option("--foreground", is_flag=True, help="Run the coordinator in this process (for systemd).")
-def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreground):
+def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, with_alertmanager, alertmanager_port,
+       alert_webhook, foreground):
     """Start the Ray head and the coordinator, and print the join line for PCs."""
     os.umask(0o077)  # the state dir holds the token, the database and the logs: the owner's alone
     state = state_of(state_dir)
     try:
         state.create()
         state.check_token()  # made at the first `up`; an empty, short or readable one is refused
+        state.tighten()
     except StateError as err:
         raise click.ClickException(str(err)) from None
     running = state.read_head()
@@ -67,6 +78,17 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreg
     except OSError:
         raise click.ClickException(f"host: expected an IPv4 address of this machine, got {bind!r}") from None
     checked = [("port", port), ("http-port", http_port)]
+    if alert_webhook and not with_alertmanager:
+        raise click.ClickException("alert-webhook: needs --alertmanager")
+    with_prometheus = with_prometheus or with_alertmanager
+    if with_alertmanager:
+        am_dir = state.path / "alertmanager"
+        try:
+            alertmanager.binary()
+            if alert_webhook or not (am_dir / "alertmanager.yml").exists():
+                alertmanager.write_config(am_dir, alert_webhook)
+        except alertmanager.AlertmanagerError as err:
+            raise click.ClickException(str(err)) from None
     if with_prometheus:
 
         try:
@@ -74,15 +96,20 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreg
         except PrometheusError as err:
             raise click.ClickException(str(err)) from None
         checked.append(("prometheus-port", prometheus_port))
+    if with_alertmanager:
+        checked.append(("alertmanager-port", alertmanager_port))
     for flag, p in checked:
+        where = {"alertmanager-port": alertmanager.LISTEN_HOST,
+                 "prometheus-port": "127.0.0.1" if host else bind}.get(flag, bind)  # see HeadConfig.prometheus_host
         if not 0 < p < 65536:
             raise click.ClickException(f"{flag}: expected 1-65535, got {p}")
-        if port_in_use(bind, p):
-            raise click.ClickException(f"{flag}: {bind}:{p} is already in use (pick another with --{flag})")
+        if port_in_use(where, p):
+            raise click.ClickException(f"{flag}: {where}:{p} is already in use (pick another with --{flag})")
     dashboard_port, client_port = free_ports(2, bind)
     config = HeadConfig(host=bind, ray_port=port, http_port=http_port, dashboard_port=dashboard_port,
                         client_port=client_port, lan=host is not None,
-                        prometheus_port=prometheus_port if with_prometheus else None)
+                        prometheus_port=prometheus_port if with_prometheus else None,
+                        alertmanager_port=alertmanager_port if with_alertmanager else None)
     ca = None
     if config.lan:
         from cluster.head import tls  # the cryptography package, for LAN heads only
@@ -117,8 +144,11 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, foreg
                f"Ray {config.ray_address}, dashboard http://{config.host}:{config.dashboard_port}")
     click.echo(f"state: {state.path}")
     if config.prometheus_port:
-        click.echo(f"Prometheus on http://{config.host}:{config.prometheus_port} "
+        click.echo(f"Prometheus on http://{config.prometheus_host}:{config.prometheus_port} "
                    f"(config and alerts from deploy/prometheus, data in {state.path / 'prometheus'})")
+    if config.alertmanager_port:
+        click.echo(f"Alertmanager on http://{alertmanager.LISTEN_HOST}:{config.alertmanager_port} "
+                   f"(receivers in {state.path / 'alertmanager' / 'alertmanager.yml'})")
     _print_join(state, config)
 
 

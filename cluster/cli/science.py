@@ -179,3 +179,14 @@ def try_app(app, params_json, device):
     except ValueError as err:
         raise click.ClickException(str(err).splitlines()[0]) from None
     click.echo(json.dumps(result))
+
+
+@science.command()
+@state_dir_option
+@click.argument("batch", type=int)
+def cancel(state_dir, batch):
+    """Cancel a batch: unsent units are withdrawn, running ones are told to stop,
+    results already validated are kept and credited."""
+    reply = call(state_dir, "/api/science/cancel", {"batch": batch})
+    click.echo(f"batch {batch} cancelled: {reply['withdrawn']} units withdrawn, {reply['aborted']} copies stopped; "
+               "validated results are kept")

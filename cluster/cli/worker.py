@@ -1,16 +1,21 @@
 """`salvage worker ...`: run the agent on a PC so it joins a cluster."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import sys
+import time
 from pathlib import Path
 
 import click
 
 from cluster.head.state import DEFAULT_HTTP_PORT, MIN_TOKEN_CHARS, StateError, read_token_file
 from jobs.dutycycle import DutyCycle
+from workers.headclient import HeadError, HeadUnreachable
+
+from .common import call, head_client, state_dir_option, state_of
 
 
 @click.group()
@@ -42,17 +47,22 @@ def worker():
 @click.option("--duty-cycle", type=float, default=1.0, show_default=True, metavar="F",
               help="Let work run at most this fraction of wall time (0.5: half the time), "
                    "so the PC stays cool and quiet for its owner.")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path), envvar="SALVAGE_POLICY", default=None,
+              help="The owner's policy (TOML): idle-only, time windows, GPU temperature ceiling, power cap, "
+                   "duty cycle, RAM share; re-read when it changes. See `salvage worker policy --help`. "
+                   "[env: SALVAGE_POLICY]")
 @click.option("--corrupt-results", is_flag=True, hidden=True,
               help="Tests only: this PC forges its science results (a lying host).")
 @click.option("--corrupt-deltas", default=None, hidden=True,
               help="Tests only: this PC's pool workers send broken deltas of this kind.")
-def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir, duty_cycle,
-         corrupt_results, corrupt_deltas):
+def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir,
+         duty_cycle, policy_file, corrupt_results, corrupt_deltas):
     """Probe this PC, join the cluster at ADDRESS (the head's HOST:PORT) and stay in it.
 
     Runs in the foreground; Ctrl-C or SIGTERM leaves the cluster cleanly.
     """
     from workers.agent import Agent, AgentConfig, JoinError
+    from workers.policy import Policy, PolicyError
     from workers.simnvml import SpecError, check_spec
     from workers.tasks.faults import CORRUPT_DELTAS_ENV, CORRUPT_RESULTS_ENV, DELTA_FAULTS
 
@@ -70,10 +80,14 @@ def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_
     if ":" not in address:
         address = f"{address}:{DEFAULT_HTTP_PORT}"
     token = _token(token_file)
+    try:
+        policy = Policy.load(policy_file) if policy_file else Policy()
+    except PolicyError as err:
+        raise click.ClickException(str(err)) from None
     if ca_fingerprint is not None and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", ca_fingerprint):
         raise click.ClickException("ca-fingerprint: expected sha256: and 64 hex digits, as the join line shows")
     config = AgentConfig(address=address, name=name or socket.gethostname().split(".")[0], token=token,
-                         ca_fingerprint=ca_fingerprint,
+                         ca_fingerprint=ca_fingerprint, policy=policy, policy_file=policy_file,
                          metrics_port=metrics_port, simulate_gpus=simulate, poll_interval=poll_interval,
                          num_cpus=num_cpus, node_ip=node_ip, duty_cycle=duty_cycle)
     if log_dir:
@@ -106,3 +120,118 @@ def _token(token_file: Path | None) -> str:
         raise click.ClickException("token: expected the cluster's token in --token-file (or $SALVAGE_TOKEN); "
                                    "copy it from the head's STATE_DIR/token")
     return token
+
+
+def _admin(state_dir, host: str, action: str, gpu: int | None, reason: str) -> None:
+    reply = call(state_dir, "/api/hosts/admin", {"name": host, "action": action, "gpu": gpu, "reason": reason})
+    target = host if gpu is None else f"{host} GPU {gpu}"
+    done = {"pause": "paused: its work steps aside now", "drain": "drained: its work finishes, no new work",
+            "resume": "resumed: it takes work again"}[action]
+    click.echo(f"{target} {done}")
+    if action != "resume" and reply.get("admin"):
+        click.echo("(resume it with `salvage worker resume " + host + ("" if gpu is None else f" --gpu {gpu}") + "`)")
+
+
+def _admin_command(action: str, doc: str):
+    @worker.command(name=action, help=doc)
+    @state_dir_option
+    @click.argument("host")
+    @click.option("--gpu", type=int, default=None, help="Only this GPU of the PC.")
+    @click.option("--reason", default="", help="Why (shown in `cluster status`, the page and the job logs).")
+    def command(state_dir, host, gpu, reason):
+        _admin(state_dir, host, action, gpu, reason)
+
+    return command
+
+
+pause = _admin_command("pause", "Pause a PC (or one GPU): its work checkpoints and steps aside now, "
+                                "and it takes none until resumed.")
+drain = _admin_command("drain", "Drain a PC (or one GPU), as Slurm does: its work finishes or hands back "
+                                "(a pool worker at its round's end) and it takes no new work until resumed.")
+resume = _admin_command("resume", "Undo `pause` or `drain`: the PC (or GPU) takes work again.")
+
+
+@worker.command(name="list")
+@state_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
+def list_workers(state_dir, as_json):
+    """Every PC with its state and why it takes no work, if it does not."""
+    from rich.console import Console
+    from rich.table import Table
+
+    client, _ = head_client(state_of(state_dir))
+    try:
+        nodes = client.get("/api/status")["nodes"]
+    except (HeadError, HeadUnreachable) as err:
+        raise click.ClickException(str(err)) from None
+    if as_json:
+        click.echo(json.dumps(nodes, indent=2))
+        return
+    table = Table(title="workers")
+    for col in ("host", "state", "takes work?", "running", "last event"):
+        table.add_column(col)
+    for n in nodes:
+        event = n.get("last_event") or {}
+        table.add_row(n["name"], n["state"], n.get("blocked") or ("yes" if n["state"] == "alive" else "-"),
+                      ", ".join(n["running"]) or "-",
+                      f"{event.get('kind', '')}: {event.get('detail', '')}" if event else "-")
+    Console().print(table)
+
+
+@worker.command()
+@state_dir_option
+@click.argument("host")
+def forget(state_dir, host):
+    """Free the name of a PC that is gone for good, so another PC may take it
+    (a name stays with the PC holding its secret otherwise)."""
+    call(state_dir, "/api/hosts/forget", {"name": host})
+    click.echo(f"{host} forgotten: another PC may join under that name")
+
+
+@worker.group()
+def policy():
+    """The owner's policy: when this PC works for the cluster.
+
+    \b
+    A TOML file given to `worker join --policy FILE`, re-read when it changes:
+      [idle]    minutes = 10, max_other_cpu = 0.25
+      [windows] weekdays = ["19:00-07:00"], weekend = "all"   (or mon..sun)
+      [gpu]     pause_above_c = 83, resume_below_c = 75, power_cap_w = 150
+      [limits]  duty_cycle = 0.5, max_ram_share = 0.6
+    """
+
+
+@policy.command()
+@click.option("--name", default=None, help="The agent's name on this PC [default: its hostname].")
+@click.option("--log-dir", type=click.Path(path_type=Path), default=None,
+              help="The agent's --log-dir [default: ~/.salvage/agent].")
+@click.option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
+              help="Check this file instead (or when no agent runs).")
+def show(name, log_dir, policy_file):
+    """The policy in force on this PC and why it is running or paused right now."""
+    from workers.policy import Policy, PolicyError
+
+    if policy_file is not None:
+        try:
+            rules = Policy.load(policy_file).describe()
+        except PolicyError as err:
+            raise click.ClickException(str(err)) from None
+        click.echo(f"policy in {policy_file}:")
+        for line in rules:
+            click.echo(f"  {line}")
+        return
+    name = name or socket.gethostname().split(".")[0]
+    report = (log_dir or Path.home() / ".salvage" / "agent") / f"{name}.policy.json"
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        raise click.ClickException(f"no agent named {name} reports here ({report}); is `salvage worker join` "
+                                   "running, with this --name and --log-dir?") from None
+    age = time.time() - data["at"]
+    click.echo(f"policy in force ({data['file'] or 'no policy file: the defaults'}), as of {age:.0f} s ago:")
+    for line in data["policy"]:
+        click.echo(f"  {line}")
+    paused = data["paused"]
+    click.echo("now: " + ("running" if data["running"] else f"paused ({paused['host']})"))
+    for line in paused["detail"]:
+        click.echo(f"  {line}")

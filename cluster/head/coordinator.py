@@ -28,7 +28,7 @@ from cluster.train.records import JobRecords
 from cluster.train.service import TrainJobs
 from workers.raynode import NO_LOG_MONITOR, RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
 
-from . import tls
+from . import alertmanager, tls
 from .db import Database
 from .hosts import HostRecords, HostsApi
 from .http import Route, serve
@@ -51,6 +51,7 @@ class Coordinator:
         self.stopping = threading.Event()
         self.head_node: RayNode | None = None
         self.prometheus: subprocess.Popen | None = None
+        self.alertmanager: subprocess.Popen | None = None
         self.threads: list[threading.Thread] = []
 
         self.db = Database(state.db_path)
@@ -65,24 +66,25 @@ class Coordinator:
                                head={"address": config.api_address, "token": self.token,
                                      "ca": self.tls.ca.read_text() if self.tls else None},
                                pool_metrics=PoolMetrics(self.registry),
-                               log=self.log, stopping=self.stopping)
+                               log=self.log, stopping=self.stopping, on_failure=self.task_failed)
         self.science = ScienceDispatch(self.store, self.hosts, self.nodes, training=self.train.running_on,
-                                       log=self.log, stopping=self.stopping)
+                                       log=self.log, stopping=self.stopping, on_failure=self.task_failed)
         self.hosts_api = HostsApi(self.hosts, self.nodes, epoch=time.time(), running=self.running,
                                   busy=self.busy, on_lost=self.science.host_lost, log=self.log,
                                   about={"head": config.api_address, "ray": config.ray_address},
-                                  loopback=not config.lan)
+                                  loopback=not config.lan, training=self.train.running_on)
         self.registry.register(HeadCollector(FleetView(
             hosts=self.hosts, nodes=self.nodes, train_jobs=self.train.records.all, training_on=self.train.running_on,
             store=self.store, science_on=self.science.running_on, science_reported=lambda: self.science.reported)))
-        science_api = ScienceApi(self.store, self.log)
+        science_api = ScienceApi(self.store, self.log, cancel=self.science.cancel)
         self.page = StatusPage(
             status=lambda: self.hosts_api.api_status({}), train_list=lambda: self.train.api_list({}),
             train_logs=lambda job, since: self.train.api_logs({"job": job, "since": since}),
             science_status=lambda: science_api.api_status({}),
             science_batch=lambda batch: science_api.api_status({"batch": batch}),
             links={"metrics": "/metrics", "ray_dashboard": f"http://{config.host}:{config.dashboard_port}",
-                   "prometheus": f"http://{config.host}:{config.prometheus_port}" if config.prometheus_port else None,
+                   "prometheus": f"http://{config.prometheus_host}:{config.prometheus_port}"
+                   if config.prometheus_port else None,
                    "grafana": os.environ.get("SALVAGE_GRAFANA_URL")})
         self.routes = {
             ("GET", "/api/health"): Route(lambda _body: {"ok": True}, open=True),
@@ -108,6 +110,9 @@ class Coordinator:
             print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}", flush=True)
         except OSError:
             pass  # a full disk: the line is lost, the head goes on (logging never takes it down)
+
+    def task_failed(self, host: str, why: str) -> None:
+        self.hosts_api.task_failed(host, why)
 
     # --- what runs where ---
     def running(self) -> dict[str, list[str]]:
@@ -148,12 +153,22 @@ class Coordinator:
         self.head_node = RayNode(args, ray_env(self.token), self.state.logs / "ray-head.log")
         self.head_node.start()
 
-    def start_prometheus(self) -> None:
+    def start_alertmanager(self) -> str:
+        """Debian's Alertmanager, with the config `cluster up` wrote (its webhook)."""
+        out = self.state.path / "alertmanager"
+        listen = f"{alertmanager.LISTEN_HOST}:{self.config.alertmanager_port}"
+        with open(self.state.logs / "alertmanager.log", "ab") as log:
+            self.alertmanager = subprocess.Popen(alertmanager.command(out / "alertmanager.yml", out / "data", listen),
+                                                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
+        self.log(f"Alertmanager on http://{listen}")
+        return listen
+
+    def start_prometheus(self, alerts_to: str | None) -> None:
         out = self.state.path / "prometheus"
         lan = self.tls is not None
         config = write_config(out, self.config.api_address, self.state.token_file if lan else None,
-                              self.tls.ca if lan else None)
-        listen = f"{self.config.host}:{self.config.prometheus_port}"
+                              self.tls.ca if lan else None, alerts_to)
+        listen = f"{self.config.prometheus_host}:{self.config.prometheus_port}"
         with open(self.state.logs / "prometheus.log", "ab") as log:
             self.prometheus = subprocess.Popen(command(config, out / "data", listen), stdout=log,
                                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
@@ -228,7 +243,7 @@ class Coordinator:
             science.start()
             self.threads.append(science)
             if self.config.prometheus_port:
-                self.start_prometheus()
+                self.start_prometheus(self.start_alertmanager() if self.config.alertmanager_port else None)
             self.log(f"coordinator ready: API on {self.config.api_address}, Ray on {self.config.ray_address}")
             while not self.stopping.is_set():
                 try:
@@ -251,9 +266,10 @@ class Coordinator:
             thread.join(10)
         self.store.close()
         self.db.close()
-        if self.prometheus is not None:
-            self.prometheus.terminate()
-            self.prometheus.wait(15)
+        for child in (self.prometheus, self.alertmanager):
+            if child is not None:
+                child.terminate()
+                child.wait(15)
         if self.head_node:
             # No drain: what ran is durable in SQLite and is reissued after `up`,
             # and a head killed whole frees its ports at once for the next `up`.

@@ -177,6 +177,16 @@ def _v2_integrity(conn: sqlite3.Connection) -> None:
     # What the agent's last heartbeat said: its state and each GPU's readings.
     conn.execute("ALTER TABLE hosts ADD COLUMN agent_state TEXT")
     conn.execute("ALTER TABLE hosts ADD COLUMN live_json TEXT NOT NULL DEFAULT '[]'")
+    # Why a PC or its GPUs take no work: the agent's pauses (owner policy, heat), its
+    # health, and the operator's pause or drain (kept across restarts of the head).
+    conn.execute("ALTER TABLE hosts ADD COLUMN paused_json TEXT NOT NULL DEFAULT '{}'")
+    conn.execute("ALTER TABLE hosts ADD COLUMN health_json TEXT NOT NULL DEFAULT '{}'")
+    conn.execute("ALTER TABLE hosts ADD COLUMN admin_json TEXT NOT NULL DEFAULT '{}'")
+    # What happened to a PC, for `cluster status` and the page: pauses and resumes,
+    # drains, health, preemptions, with their reasons.
+    conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, t REAL NOT NULL, host TEXT NOT NULL,"
+                 " kind TEXT NOT NULL, detail TEXT NOT NULL)")
+    conn.execute("CREATE INDEX events_host ON events(host, id)")
     conn.execute("ALTER TABLE sci_host ADD COLUMN machine TEXT")  # NULL: its own name
     # A host may retry a copy that failed on it (small pools would starve otherwise);
     # what must hold is that one machine never has two live or successful copies of

@@ -23,7 +23,12 @@ LOST_AFTER_S = 20.0  # an agent beats every 5 s; three missed beats and it is lo
 AGENT_ID_RE = re.compile(r"[0-9a-f]{32}")
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
 COLUMNS = ("name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen, "
-           "secret_hash, machine, agent_state, live_json")
+           "secret_hash, machine, agent_state, live_json, paused_json, health_json, admin_json")
+# The reasons a PC or GPU is paused, as agents send them: a small fixed set (they label metrics).
+PAUSE_REASONS = ("owner_input", "owner_cpu", "time_window", "gpu_hot", "ram", "idle_unknown", "operator", "drained",
+                 "unhealthy", "preempted")
+FAILURES_TO_CHECK = 3  # task failures on one PC within FAILURE_WINDOW_S make it unhealthy until it checks out
+FAILURE_WINDOW_S = 600.0
 THROTTLE_REASONS = ("power_cap", "sw_thermal", "hw_thermal", "hw_slowdown")
 
 
@@ -42,6 +47,46 @@ class HostRow:
     machine: str | None = None  # the PC it runs on, as quorums count it
     agent_state: str | None = None  # as its last heartbeat said
     live: list[dict] = field(default_factory=list)  # each GPU's readings at its last heartbeat
+    paused: dict = field(default_factory=dict)  # the agent's: {"host": reason, "gpus": {"0": reason}, ...}
+    health: dict = field(default_factory=dict)  # the agent's {"host": why, "gpus": {...}}, and the head's "failures"
+    admin: dict = field(default_factory=dict)  # the operator's: {"host": {state, reason, at}, "gpus": {"0": ...}}
+
+    def blocked(self, gpu: int | None = None, science: bool = False) -> str | None:
+        """Why this PC (or one of its GPUs) takes no new work now, or None. A drained
+        device takes none either; what runs there finishes."""
+        host_admin = self.admin.get("host") or {}
+        if host_admin.get("state") in ("paused", "drained"):
+            return f"{host_admin['state']} by the operator: {host_admin.get('reason') or 'no reason given'}"
+        if self.paused.get("host"):
+            return f"paused ({self.paused['host']})"
+        if self.health.get("host") or self.health.get("failures"):
+            return f"unhealthy: {self.health.get('host') or self.health['failures']['why']}"
+        if science and self.paused.get("science"):
+            return f"science steps aside ({self.paused['science']})"
+        if gpu is None:
+            return None
+        entry = (self.admin.get("gpus") or {}).get(str(gpu)) or {}
+        if entry.get("state") in ("paused", "drained"):
+            return f"GPU {gpu} {entry['state']} by the operator: {entry.get('reason') or 'no reason given'}"
+        if gpu in self.lost_gpus:
+            return f"GPU {gpu} lost"
+        problem = next((g.problem for g in self.info.gpus if g.index == gpu), None)
+        if problem:
+            return f"GPU {gpu} unusable: {problem}"
+        if (self.health.get("gpus") or {}).get(str(gpu)):
+            return f"GPU {gpu} unhealthy: {self.health['gpus'][str(gpu)]}"
+        if (self.paused.get("gpus") or {}).get(str(gpu)):
+            return f"GPU {gpu} paused ({self.paused['gpus'][str(gpu)]})"
+        return None
+
+    def drained(self, gpu: int | None = None) -> bool:
+        """The operator drained this PC or GPU: its work ends at its next boundary."""
+        if (self.admin.get("host") or {}).get("state") == "drained":
+            return True
+        return gpu is not None and ((self.admin.get("gpus") or {}).get(str(gpu)) or {}).get("state") == "drained"
+
+    def usable_gpus(self) -> list[int]:
+        return [g.index for g in self.info.gpus if self.blocked(g.index) is None]
 
 
 class HostRecords:
@@ -89,14 +134,35 @@ class HostRecords:
         return cur.rowcount == 1
 
     def heartbeat(self, name: str, agent_id: str, lost_gpus: list[int], agent_state: str,
-                  live: list[dict]) -> bool:
-        """Record a beat; False when no live registration of this agent exists."""
+                  live: list[dict], paused: dict, health: dict) -> bool:
+        """Record a beat; False when no live registration of this agent exists. The
+        head's own "failures" mark in the health is kept."""
         with self.db.lock:
+            row = self.db.conn.execute("SELECT health_json FROM hosts WHERE name = ?", (name,)).fetchone()
+            mine = json.loads(row[0]).get("failures") if row else None
             cur = self.db.conn.execute(
-                "UPDATE hosts SET last_seen = ?, state = 'alive', lost_gpus = ?, agent_state = ?, live_json = ? "
-                "WHERE name = ? AND agent_id = ? AND state != 'left'",
-                (time.time(), json.dumps(lost_gpus), agent_state, json.dumps(live), name, agent_id))
+                "UPDATE hosts SET last_seen = ?, state = 'alive', lost_gpus = ?, agent_state = ?, live_json = ?, "
+                "paused_json = ?, health_json = ? WHERE name = ? AND agent_id = ? AND state != 'left'",
+                (time.time(), json.dumps(lost_gpus), agent_state, json.dumps(live), json.dumps(paused),
+                 json.dumps({**health, "failures": mine} if mine else health), name, agent_id))
         return cur.rowcount == 1
+
+    def set_json(self, name: str, column: str, value: dict) -> None:
+        assert column in ("admin_json", "health_json")
+        with self.db.lock:
+            self.db.conn.execute(f"UPDATE hosts SET {column} = ? WHERE name = ?", (json.dumps(value), name))
+
+    def event(self, host: str, kind: str, detail: str) -> None:
+        with self.db.lock:
+            self.db.conn.execute("INSERT INTO events (t, host, kind, detail) VALUES (?, ?, ?, ?)",
+                                 (time.time(), host, kind, detail))
+
+    def events(self, host: str | None = None, limit: int = 50) -> list[dict]:
+        with self.db.lock:
+            rows = self.db.conn.execute(
+                "SELECT t, host, kind, detail FROM events WHERE ? IS NULL OR host = ? ORDER BY id DESC LIMIT ?",
+                (host, host, limit)).fetchall()
+        return [{"t": t, "host": h, "kind": k, "detail": d} for t, h, k, d in rows]
 
     def set_state(self, name: str, state: str, agent_id: str | None = None) -> bool:
         with self.db.lock:
@@ -118,11 +184,51 @@ class HostRecords:
 
 def _host_row(row: tuple) -> HostRow:
     (name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen,
-     secret_hash, machine, agent_state, live_json) = row
+     secret_hash, machine, agent_state, live_json, paused_json, health_json, admin_json) = row
     return HostRow(name=name, agent_id=agent_id, state=state, info=HostInfo.from_dict(json.loads(info_json)),
                    metrics_addr=metrics_addr, ray_node_id=ray_node_id, lost_gpus=json.loads(lost_gpus),
                    joined_at=joined_at, last_seen=last_seen, secret_hash=secret_hash, machine=machine,
-                   agent_state=agent_state, live=json.loads(live_json))
+                   agent_state=agent_state, live=json.loads(live_json), paused=json.loads(paused_json),
+                   health=json.loads(health_json), admin=json.loads(admin_json))
+
+
+def pause_report(value) -> dict:
+    """The pauses of a heartbeat, checked: reasons from the fixed set, words bounded."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, "paused: expected the agent's pauses")
+    out: dict = {"host": None, "gpus": {}, "science": None, "detail": []}
+    for key in ("host", "science"):
+        if value.get(key) is not None:
+            if value[key] not in PAUSE_REASONS:
+                raise ApiError(400, f"paused.{key}: expected one of {', '.join(PAUSE_REASONS)}")
+            out[key] = value[key]
+    gpus = value.get("gpus") or {}
+    if not isinstance(gpus, dict) or len(gpus) > 16:
+        raise ApiError(400, "paused.gpus: expected GPU index -> reason")
+    for index, reason in gpus.items():
+        if not (isinstance(index, str) and index.isdigit() and int(index) < 16) or reason not in PAUSE_REASONS:
+            raise ApiError(400, f"paused.gpus: expected GPU index -> one of {', '.join(PAUSE_REASONS)}")
+        out["gpus"][index] = reason
+    detail = value.get("detail") or []
+    if not isinstance(detail, list) or not all(isinstance(d, str) for d in detail):
+        raise ApiError(400, "paused.detail: expected lines of text")
+    out["detail"] = [d[:300] for d in detail[:20]]
+    return out
+
+
+def health_report(value) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ApiError(400, "health: expected the agent's health")
+    host = value.get("host")
+    gpus = value.get("gpus") or {}
+    if (host is not None and not isinstance(host, str)) or not isinstance(gpus, dict) or len(gpus) > 16 or \
+            not all(isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in gpus.items()):
+        raise ApiError(400, "health: expected {host: why or null, gpus: {index: why}}")
+    return {"host": host[:300] if host else None, "gpus": {k: v[:300] for k, v in gpus.items()}}
 
 
 def live_readings(value) -> list[dict]:
@@ -210,7 +316,10 @@ class HostsApi:
 
     def __init__(self, hosts: HostRecords, nodes: RayNodes, epoch: float,
                  running: Callable[[], dict[str, list[str]]], busy: Callable[[], dict[str, int]],
-                 on_lost: Callable[[str], None], log: Callable[[str], None], about: dict, loopback: bool):
+                 on_lost: Callable[[str], None], log: Callable[[str], None], about: dict, loopback: bool,
+                 training: Callable[[], dict[str, int]] = dict):
+        self.training = training  # hosts training now: their science steps aside
+        self.failures: dict[str, list[float]] = {}  # host -> times its tasks failed lately
         self.hosts = hosts
         self.nodes = nodes
         self.epoch = epoch  # tells agents this head (and its Ray cluster) is a new one
@@ -229,6 +338,8 @@ class HostsApi:
             ("POST", "/api/hosts/heartbeat"): Route(self.api_heartbeat),
             ("POST", "/api/hosts/leave"): Route(self.api_leave),
             ("POST", "/api/hosts/forget"): Route(self.api_forget),
+            ("POST", "/api/hosts/admin"): Route(self.api_admin),
+            ("POST", "/api/hosts/events"): Route(lambda body: {"events": self.hosts.events(body.get("host"))}),
         }
 
     def api_status(self, _body: dict) -> dict:
@@ -248,6 +359,9 @@ class HostsApi:
                          for g in info.gpus],
                 "agent_state": row.agent_state,
                 "running": running.get(row.name, []),
+                "paused": row.paused, "health": row.health, "admin": row.admin,
+                "blocked": row.blocked() if row.state == "alive" else None,
+                "last_event": next(iter(self.hosts.events(row.name, 1)), None),
                 "ray_labels": {k: v for k, v in (ray_node or {}).get("Labels", {}).items()
                                if k.startswith("salvage.io/")},
                 "metrics": row.metrics_addr, "last_seen": row.last_seen,
@@ -304,9 +418,105 @@ class HostsApi:
         if state not in AGENT_STATES:
             raise ApiError(400, f"state: expected one of {', '.join(AGENT_STATES)}")
         live = live_readings(body.get("gpus", []))
-        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost)), state, live):
+        paused, health = pause_report(body.get("paused")), health_report(body.get("health"))
+        before = self.hosts.get(name)
+        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost)), state, live, paused, health):
             raise ApiError(404, f"name: {name!r} is not registered here")
-        return {"running": self.busy().get(name, 0), "epoch": self.epoch}
+        row = self.hosts.get(name)
+        self._changes(before, row)
+        return {"running": self.busy().get(name, 0), "epoch": self.epoch, "directives": self.directives(row)}
+
+    def directives(self, row: HostRow) -> dict:
+        """What the head asks of an agent: the operator's pauses and drains, that its
+        science step aside for training, that it check its health."""
+        failures = row.health.get("failures")
+        return {"admin": row.admin, "science_yield": row.name in self.training(),
+                "check_host": bool(failures)}
+
+    def _changes(self, before: HostRow | None, row: HostRow) -> None:
+        """Pauses, resumes and health as the agent reports them: logged and kept as events."""
+        was = (before.paused if before else {}) or {}
+        now = row.paused or {}
+        if now.get("host") != was.get("host"):
+            kind = "paused" if now.get("host") else "resumed"
+            detail = now.get("host") and "; ".join(now.get("detail") or [now["host"]])
+            self._event(row.name, kind, detail or f"was {was.get('host')}")
+        if (now.get("gpus") or {}) != (was.get("gpus") or {}):
+            self._event(row.name, "gpus", "; ".join(f"GPU {i} {r}" for i, r in sorted((now.get("gpus") or {}).items()))
+                        or "every GPU running")
+        if now.get("science") != was.get("science"):
+            self._event(row.name, "science", f"science {'steps aside: ' + now['science'] if now.get('science') else 'back'}")
+        health = row.health
+        failures = health.get("failures")
+        if failures and health.get("host") and not failures.get("acked"):
+            failures["acked"] = True  # the agent took the request: the next healthy beat is its check passing
+            self.hosts.set_json(row.name, "health_json", health)
+        elif failures and failures.get("acked") and not health.get("host"):
+            del health["failures"]
+            self.hosts.set_json(row.name, "health_json", health)
+            self.failures.pop(row.name, None)
+            self._event(row.name, "healthy", "its health check passed; it takes work again")
+        was_sick = (before.health if before else {}).get("gpus") or {}
+        for index, why in (health.get("gpus") or {}).items():
+            if index not in was_sick:
+                self._event(row.name, "unhealthy", f"GPU {index}: {why}")
+        for index in was_sick:
+            if index not in (health.get("gpus") or {}):
+                self._event(row.name, "healthy", f"GPU {index} passed its health check")
+
+    def _event(self, host: str, kind: str, detail: str) -> None:
+        self.hosts.event(host, kind, detail)
+        self.log(f"host {host} {kind}: {detail}")
+
+    def task_failed(self, host: str, why: str) -> None:
+        """A task on `host` failed (not its node dying: that is a lost host). Several
+        in a short while make the PC unhealthy until its own check passes."""
+        now = time.time()
+        recent = [t for t in self.failures.get(host, []) if now - t < FAILURE_WINDOW_S] + [now]
+        self.failures[host] = recent
+        row = self.hosts.get(host)
+        if len(recent) < FAILURES_TO_CHECK or row is None or row.health.get("failures"):
+            return
+        health = {**row.health, "failures": {"why": f"{len(recent)} tasks failed in {FAILURE_WINDOW_S / 60:.0f} min "
+                                                    f"(last: {why[:120]})", "since": now, "acked": False}}
+        self.hosts.set_json(host, "health_json", health)
+        self._event(host, "unhealthy", health["failures"]["why"] + "; it takes no work until its check passes")
+
+    def api_admin(self, body: dict) -> dict:
+        """The operator pauses, drains or resumes a PC or one of its GPUs, with a reason:
+        paused work steps aside now; drained work finishes (a pool worker leaves at its
+        round's end) and takes no more. Kept across restarts of the head."""
+        name = field(body, "name", str)
+        action = body.get("action")
+        if action not in ("pause", "resume", "drain"):
+            raise ApiError(400, "action: expected pause, resume or drain")
+        reason = body.get("reason") or ""
+        if not isinstance(reason, str) or len(reason) > 300:
+            raise ApiError(400, "reason: expected a line of text")
+        row = self.hosts.get(name)
+        if row is None:
+            raise ApiError(404, f"name: no host {name!r}")
+        gpu = body.get("gpu")
+        if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, int) or
+                                not 0 <= gpu < len(row.info.gpus)):
+            raise ApiError(400, f"gpu: {name} has GPUs 0 to {len(row.info.gpus) - 1}" if row.info.gpus
+                                else f"gpu: {name} has no GPU")
+        admin = dict(row.admin)
+        entry = {"state": {"pause": "paused", "drain": "drained"}.get(action), "reason": reason, "at": time.time()}
+        if gpu is None:
+            admin["host"] = entry if action != "resume" else None
+            if action == "resume":
+                admin["gpus"] = {}  # resuming a PC resumes its GPUs too
+        else:
+            gpus = dict(admin.get("gpus") or {})
+            gpus[str(gpu)] = entry if action != "resume" else None
+            admin["gpus"] = {k: v for k, v in gpus.items() if v}
+        admin = {k: v for k, v in admin.items() if v}
+        self.hosts.set_json(name, "admin_json", admin)
+        target = name if gpu is None else f"{name} GPU {gpu}"
+        self._event(name, {"pause": "operator paused", "drain": "drained", "resume": "operator resumed"}[action],
+                    f"{target}: {reason or 'no reason given'}")
+        return {"host": name, "admin": admin}
 
     def api_leave(self, body: dict) -> dict:
         name = field(body, "name", str)

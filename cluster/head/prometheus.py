@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from .alertmanager import add_alerting
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
 SHIPPED_HEAD = "127.0.0.2:8470"
 HEAD_JOBS = ("salvage-head", "salvage-agents")
@@ -21,10 +23,14 @@ class PrometheusError(Exception):
     pass
 
 
-def render(text: str, head: str, token_file: Path | None = None, ca_file: Path | None = None) -> str:
+def render(text: str, head: str, token_file: Path | None = None, ca_file: Path | None = None,
+           alertmanager: str | None = None) -> str:
     """deploy/prometheus/prometheus.yml for the head at `head`; with `token_file`
-    (a LAN head) its two jobs send the token and check the head's certificate."""
+    (a LAN head) its two jobs send the token and check the head's certificate;
+    with `alertmanager` (HOST:PORT) its alerts go there."""
     config = yaml.safe_load(text.replace(SHIPPED_HEAD, head))
+    if alertmanager:
+        add_alerting(config, alertmanager)
     if token_file is not None:
         auth = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)},
                 "tls_config": {"ca_file": str(ca_file)}}
@@ -40,13 +46,15 @@ def render(text: str, head: str, token_file: Path | None = None, ca_file: Path |
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def write_config(out_dir: Path, head: str, token_file: Path | None = None, ca_file: Path | None = None) -> Path:
+def write_config(out_dir: Path, head: str, token_file: Path | None = None, ca_file: Path | None = None,
+                 alertmanager: str | None = None) -> Path:
     """The configuration and alert rules for this head, in `out_dir`."""
     if not (DEPLOY / "prometheus.yml").exists():
         raise PrometheusError(f"prometheus: its configuration is missing ({DEPLOY}); "
                               "reinstall salvage from its source tree")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "prometheus.yml").write_text(render((DEPLOY / "prometheus.yml").read_text(), head, token_file, ca_file))
+    text = render((DEPLOY / "prometheus.yml").read_text(), head, token_file, ca_file, alertmanager)
+    (out_dir / "prometheus.yml").write_text(text)
     shutil.copy(DEPLOY / "alerts.yml", out_dir / "alerts.yml")
     return out_dir / "prometheus.yml"
 

@@ -36,6 +36,12 @@ class HeadConfig:
     client_port: int
     lan: bool  # `up --host`: PCs on the LAN join; on loopback, only this machine's
     prometheus_port: int | None = None  # set by `up --prometheus`
+    alertmanager_port: int | None = None  # set by `up --alertmanager`
+
+    @property
+    def prometheus_host(self) -> str:
+        """Prometheus has no login: on a LAN head it stays on this machine's loopback."""
+        return "127.0.0.1" if self.lan else self.host
 
     @property
     def api_address(self) -> str:
@@ -80,13 +86,6 @@ class StateDir:
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.logs.mkdir(exist_ok=True, mode=0o700)
-            # A state dir from before, or copied in: only its owner reads any of it.
-            for root, _dirs, files in os.walk(self.path):
-                os.chmod(root, 0o700)
-                for name in files:
-                    path = os.path.join(root, name)
-                    if not os.path.islink(path):  # never change a file outside the state dir
-                        os.chmod(path, 0o600)
             probe = self.path / ".write-test"
             probe.write_text("ok")
             probe.unlink()
@@ -106,6 +105,16 @@ class StateDir:
     def check_token(self) -> None:
         """Raise StateError (one line) unless the token file is fit to guard a head."""
         self.token()
+
+    def tighten(self) -> None:
+        """A state dir from before, or copied in: only its owner may read any of it.
+        (After `check_token`: a token others could read is refused, not quietly hidden.)"""
+        for root, _dirs, files in os.walk(self.path):
+            os.chmod(root, 0o700)
+            for name in files:
+                path = os.path.join(root, name)
+                if not os.path.islink(path):  # never change a file outside the state dir
+                    os.chmod(path, 0o600)
 
     def write_head(self, config: HeadConfig) -> None:
         tmp = self.head_file.with_suffix(".tmp")

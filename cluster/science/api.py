@@ -13,15 +13,27 @@ MAX_UNITS_PER_BATCH = 1_000_000
 
 
 class ScienceApi:
-    def __init__(self, store: ScienceStore, log: Callable[[str], None]):
+    def __init__(self, store: ScienceStore, log: Callable[[str], None],
+                 cancel: Callable[[int], dict] | None = None):
         self.store = store
         self.log = log
+        self.cancel = cancel or store.cancel  # the dispatcher's, which also stops running tasks
 
     def routes(self) -> dict:
         return {("POST", "/api/science/submit"): Route(self.api_submit),
                 ("POST", "/api/science/status"): Route(self.api_status),
                 ("POST", "/api/science/export"): Route(self.api_export),
-                ("POST", "/api/science/check"): Route(self.api_check)}
+                ("POST", "/api/science/check"): Route(self.api_check),
+                ("POST", "/api/science/cancel"): Route(self.api_cancel)}
+
+    def api_cancel(self, body: dict) -> dict:
+        batch = body.get("batch")
+        if isinstance(batch, bool) or not isinstance(batch, int):
+            raise ApiError(400, "batch: expected a batch id")
+        try:
+            return self.cancel(batch)
+        except ValueError:
+            raise ApiError(404, f"batch: no science batch {batch}") from None
 
     def api_submit(self, body: dict) -> dict:
         app, params = body.get("app"), body.get("params")

@@ -34,22 +34,29 @@ def next_units(units: int, took_s: float) -> int:
 
 def hosts_with_room(hosts: list[HostRow], out: dict[str, int], training: dict[str, int]) -> list[HostRow]:
     """The hosts that can take another science task now, in the order given:
-    not training (training comes first), fewer than IN_FLIGHT_PER_HOST out."""
-    return [r for r in hosts if out.get(r.name, 0) < IN_FLIGHT_PER_HOST and not training.get(r.name)]
+    not training (training comes first), not paused, drained or unhealthy, and
+    fewer than IN_FLIGHT_PER_HOST out."""
+    return [r for r in hosts if out.get(r.name, 0) < IN_FLIGHT_PER_HOST and not training.get(r.name)
+            and r.blocked(science=True) is None]
 
 
 def host_caps(row: HostRow) -> HostCaps:
+    """What the host offers science now: its GPUs that take work (none paused,
+    drained, hot, lost or unhealthy)."""
     info = row.info
-    return HostCaps(name=row.name, cpu_only=info.cpu_only,
-                    gpus=[GpuCaps(g.vram_bytes, float(g.compute_capability)) for g in info.gpus],
-                    speed_gflops=info.speed_gflops, machine=row.machine or row.name)
+    usable = set(row.usable_gpus())
+    gpus = [GpuCaps(g.vram_bytes, float(g.compute_capability)) for g in info.gpus if g.index in usable]
+    return HostCaps(name=row.name, cpu_only=not gpus, gpus=gpus, speed_gflops=info.speed_gflops,
+                    machine=row.machine or row.name)
 
 
 class ScienceDispatch:
     """`training` says how many training workers each host runs now."""
 
     def __init__(self, store: ScienceStore, hosts: HostRecords, nodes: RayNodes,
-                 training: Callable[[], dict[str, int]], log: Callable[[str], None], stopping: threading.Event):
+                 training: Callable[[], dict[str, int]], log: Callable[[str], None], stopping: threading.Event,
+                 on_failure: Callable[[str, str], None] = lambda host, why: None):
+        self.on_failure = on_failure  # a task failed on a host (not its node dying)
         self.store = store
         self.hosts = hosts
         self.nodes = nodes
@@ -97,7 +104,7 @@ class ScienceDispatch:
             tasks = self.store.fetch_work(host_caps(row), self.units.get(row.name, FIRST_UNITS))
             if not tasks:
                 continue
-            real_gpu = bool(row.info.gpus) and not row.info.simulated
+            real_gpu = not row.info.simulated and 0 in row.usable_gpus()  # a task runs on GPU 0
             ref = self.remote.options(
                 num_cpus=1, max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
@@ -117,11 +124,16 @@ class ScienceDispatch:
             host, node_id, ids, t0, n = self.inflight.pop(ref)
             try:
                 reports = [Report(*row) for row in ray.get(ref)]
+            except ray.exceptions.TaskCancelledError:
+                self.store.release(host, ids)  # its batch was cancelled: nobody's fault
+                continue
             except ray.exceptions.RayError as err:
                 # The node or worker died: its copies are no-replies, reissued elsewhere.
                 self.log(f"science task on {host} failed ({type(err).__name__}); its work is reissued")
                 if isinstance(err, (ray.exceptions.NodeDiedError, ray.exceptions.TaskUnschedulableError)):
                     self.nodes.mark_dead(node_id)
+                else:
+                    self.on_failure(host, f"science task {type(err).__name__}")
                 self.store.host_lost(host)
                 continue
             self.store.report(host, reports)
@@ -143,6 +155,18 @@ class ScienceDispatch:
             except Exception as err:  # keep dispatching; the store's state is durable
                 self.log(f"science loop error: {err!r}")
                 time.sleep(1.0)
+
+    def cancel(self, batch_id: int) -> dict[str, int]:
+        """Cancel a batch and stop the tasks that hold only its units."""
+        counts = self.store.cancel(batch_id)
+        stopped = 0
+        for ref, (_host, _node, ids, _t0, _n) in list(self.inflight.items()):
+            if len(self.store.copies_of(batch_id, ids)) == len(ids):
+                ray.cancel(ref)
+                stopped += 1
+        self.log(f"science batch {batch_id} cancelled: {counts['withdrawn']} units withdrawn, "
+                 f"{counts['aborted']} copies stopped, {stopped} tasks told to stop")
+        return {**counts, "tasks_stopped": stopped}
 
     def running_on(self) -> dict[str, int]:
         """Science tasks out per host."""

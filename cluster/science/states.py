@@ -41,6 +41,7 @@ class WuError(IntEnum):
     TOO_MANY_ERRORS = 1
     TOO_MANY_TOTAL_RESULTS = 2
     NO_CONSENSUS = 3
+    CANCELLED = 4  # the operator withdrew its batch
 
 
 @dataclass(frozen=True)

@@ -1075,6 +1075,44 @@ class ScienceStore:
             return [r[0] for r in self.conn.execute(
                 f"SELECT id FROM sci_result WHERE host_id=? AND server={_IN_PROGRESS}", (hid,))]
 
+    def cancel(self, batch_id: int, now: float | None = None) -> dict[str, int]:
+        """Withdraw a batch: its open work units end as cancelled (no more copies go
+        out; copies out are aborted, and their late reports are ignored); units
+        already validated keep their results and their hosts their credit."""
+        now = time.time() if now is None else now
+        self._batch(batch_id)
+        with self._lock:
+            with self._tx():
+                open_wus = {r[0] for r in self.conn.execute(
+                    f"SELECT id FROM sci_wu WHERE batch_id=? AND state={_ACTIVE}", (batch_id,))}
+                rows = self._load(open_wus) if open_wus else []
+                wus: dict[int, _Wu] = {}
+                by_wu: dict[int, list[_Res]] = {}
+                for row in rows:
+                    wu = wus.setdefault(row[0], _Wu(row[:_R0]))
+                    group = by_wu.setdefault(row[0], [])
+                    if row[_R0] is not None:
+                        group.append(_Res(*row[_R0:]))
+                call = _Call(ReportSummary(), now)
+                batch = self._batches[batch_id]
+                aborted = 0
+                for wid, wu in wus.items():
+                    aborted += sum(r.server == _IN_PROGRESS for r in by_wu[wid])
+                    self._finish(call, batch, wu, by_wu[wid], _ERROR, int(WuError.CANCELLED))
+                self._write_back(call, wus.values(), by_wu, {})
+                never_sent = sum(wu.n_sent == 0 for wu in wus.values())
+                self.conn.execute("UPDATE sci_batch SET n_wu_unsent = n_wu_unsent - ? WHERE id=?",
+                                  (never_sent, batch_id))
+            self._flush_outputs()
+        return {"withdrawn": len(wus), "aborted": aborted}
+
+    def copies_of(self, batch_id: int, result_ids: Sequence[int]) -> set[int]:
+        """Which of these result copies belong to the batch."""
+        with self._lock:
+            return {r[0] for r in self.conn.execute(
+                "SELECT id FROM sci_result WHERE batch_id=? AND id IN (SELECT value FROM json_each(?))",
+                (batch_id, to_json([int(i) for i in result_ids])))}
+
     # ------------------------------------------------------------------ consistency
 
     def check_consistency(self) -> list[str]:

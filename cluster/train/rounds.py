@@ -196,9 +196,11 @@ class PoolRun:
         self.records.set(self.job_id, checkpoint=str(dest))
 
     # --- membership ---
-    def sync_members(self) -> None:
-        """Drop workers whose PC is gone, and start one on every free device that
-        fits, fastest first, up to the job's `workers`."""
+    def sync_members(self, boundary: bool = False) -> None:
+        """Drop workers whose PC is gone or whose device is paused or unhealthy (at
+        a round's `boundary` also those drained, which finish their round first),
+        and start one on every free device that fits, fastest first, up to the
+        job's `workers`."""
         allowed = {h.strip() for h in self.options.hosts.split(",") if h.strip()}
         alive = {r.name: r for r in self.hosts.alive() if not allowed or r.name in allowed}
         now = time.monotonic()
@@ -206,6 +208,8 @@ class PoolRun:
             row = alive.get(m.host)
             if row is None or self.nodes.alive(row.ray_node_id) is None or row.ray_node_id != m.node_id:
                 self.drop(key, f"host {m.host} is gone")
+            elif row.blocked(m.gpu) and (boundary or not row.drained(m.gpu)):
+                self.drop(key, row.blocked(m.gpu))
         cap = self.options.workers or 10**9
         busy = self.busy()  # this job's own members included
         candidates = []
@@ -214,7 +218,8 @@ class PoolRun:
             if node is None or self.retry.get(name, (0.0, 0))[0] > now:
                 continue
             for slot in training_slots(row.info, busy.get(name, 0), self.need_bytes, self.options.allow_cpu):
-                candidates.append((slot, node["NodeID"]))
+                if row.blocked(slot.gpu) is None:
+                    candidates.append((slot, node["NodeID"]))
         candidates.sort(key=lambda c: -c[0].speed_gflops)
         for slot, node_id in candidates:
             if len(self.members) >= cap:
@@ -226,7 +231,8 @@ class PoolRun:
             actor = ray.remote(PoolWorker).options(
                 num_cpus=1, num_gpus=0 if slot.gpu is None else 1, max_restarts=0, max_concurrency=1,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(self.config, self.data, seed, self.options.codec, self.state.samplers.get(key))
+            ).remote(self.config, self.data, seed, self.options.codec, self.state.samplers.get(key),
+                     "cpu" if slot.gpu is None else f"gpu{slot.gpu}")
             self.members[key] = Member(key, slot.host, slot.gpu, node_id, slot.speed_gflops, actor,
                                        speed=self.state.speeds.get(key),
                                        starting=actor.info.remote())
@@ -446,7 +452,9 @@ class PoolRun:
                 except ray.exceptions.RayError as err:
                     failed.add(ref)
                     if self.members.get(key) is dispatched[key]:
-                        self.drop(key, f"died in round {self.state.round + 1} ({type(err).__name__})")
+                        paused = "WorkerPaused" in str(err)  # its device stepped aside: not a failure
+                        self.drop(key, f"{_short(err)} in round {self.state.round + 1}" if paused
+                                  else f"died in round {self.state.round + 1} ({type(err).__name__})")
             if time.monotonic() >= next_sync and time.monotonic() < end:
                 self.sync_members()
                 if join is not None:
@@ -502,7 +510,7 @@ class PoolRun:
             if self.records.get(self.job_id)["stop_requested"]:
                 self.finish("stopped")
                 return
-            self.sync_members()
+            self.sync_members(boundary=True)
             self.admit(wait_s=0.0 if self.ready() else NEW_WORKER_GRACE_S)
             if not self.members and self.start_error and not self.started_any:
                 # Every worker raised while starting: an error in the job (its data, its

@@ -51,7 +51,8 @@ class TrainJobs:
 
     def __init__(self, records: JobRecords, hosts: HostRecords, nodes: RayNodes, root: Path,
                  head: dict, pool_metrics: PoolMetrics, log: Callable[[str], None],
-                 stopping: threading.Event):
+                 stopping: threading.Event, on_failure: Callable[[str, str], None] = lambda host, why: None):
+        self.on_failure = on_failure  # a job's task failed on a host (not its node dying)
         self.records = records
         self.hosts = hosts
         self.nodes = nodes
@@ -249,6 +250,8 @@ class TrainJobs:
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.TaskCancelledError,
                 ray.exceptions.ObjectLostError, ray.exceptions.OwnerDiedError) as err:
             self._requeue(job, f"its worker died ({type(err).__name__})")
+            if job["host"] and not isinstance(err, ray.exceptions.TaskCancelledError):
+                self.on_failure(job["host"], f"training worker {type(err).__name__}")
             return
         except ray.exceptions.RayTaskError as err:
             cause = str(err.cause if getattr(err, "cause", None) else err).strip().splitlines()[-1]
@@ -303,8 +306,9 @@ class TrainJobs:
             slots, nodes = [], {}
             for row in self.hosts.alive():
                 nodes[row.name] = self.nodes.alive(row.ray_node_id)
-                if nodes[row.name] is not None:
-                    slots += training_slots(row.info, busy.get(row.name, 0), need)
+                if nodes[row.name] is not None:  # paused, drained or unhealthy devices take no new job
+                    slots += [s for s in training_slots(row.info, busy.get(row.name, 0), need)
+                              if row.blocked(s.gpu) is None]
             slot = fastest(slots)
             if slot is None:
                 continue
@@ -313,11 +317,12 @@ class TrainJobs:
             remote = self.remote_job.options(
                 num_cpus=1, num_gpus=0 if slot.gpu is None else 1, max_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-            self.refs[job["id"]] = remote.remote(job["id"], attempt, config, job["data"], self.head)
+            device = "cpu" if slot.gpu is None else f"gpu{slot.gpu}"
+            self.refs[job["id"]] = remote.remote(job["id"], attempt, config, job["data"], self.head, device)
             self.node_of_job[job["id"]] = node["NodeID"]
             self.records.set(job["id"], state="running", host=slot.host, attempt=attempt,
                              started_at=job["started_at"] or time.time())
-            device = "CPU" if slot.gpu is None else f"GPU {slot.gpu}"
+            device = "CPU" if slot.gpu is None else f"GPU {slot.gpu}"  # as people read it
             self._note(job["id"], f"placed on {slot.host} ({device}, {slot.speed_gflops:.0f} GFLOP/s), "
                                   f"attempt {attempt}")
             busy[slot.host] = busy.get(slot.host, 0) + 1

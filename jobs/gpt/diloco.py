@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -114,6 +114,7 @@ class LocalTrainer:
         self, message: Packed, steps: int, start_tokens: float, round_tokens: float, schedule: PoolSchedule,
         budget_s: float | None = None,
         overrun_cost: float = 1.0,
+        should_stop: Callable[[], bool] | None = None,
     ) -> RoundResult:
         """Take the round's global parameters, run local steps, return the delta.
 
@@ -128,7 +129,9 @@ class LocalTrainer:
         one. A slow worker with long steps therefore stops early rather than hold
         the fast ones up.
         The learning rate of local step i follows the pool's global token count at
-        that moment, assuming the round's tokens arrive evenly over the planned steps."""
+        that moment, assuming the round's tokens arrive evenly over the planned steps.
+        `should_stop` (the PC's owner wants it back) ends the round before the next
+        step: what was done is still a valid delta, perhaps of no steps at all."""
         start = self.receive(message)
         load_flat(self.model, start)
         self.model.train()
@@ -140,6 +143,8 @@ class LocalTrainer:
             self.throttle.resume()  # the end of the last round's rest, if the wait was shorter
             rested = time.perf_counter() - t0
         for i in range(limit):
+            if should_stop is not None and should_stop():
+                break
             if budget_s is not None and i > 0:
                 if self.dev.type == "cuda":
                     torch.cuda.synchronize(self.dev)  # the clock must see the work, not its queueing

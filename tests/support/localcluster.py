@@ -21,7 +21,7 @@ SALVAGE = [sys.executable, "-m", "cluster.cli"]
 
 def test_env() -> dict[str, str]:
     env = dict(os.environ)
-    env.update(RAY_USAGE_STATS_ENABLED="0", SALVAGE_RAY_OBJECT_STORE_BYTES=str(80 * 2**20),
+    env.update(RAY_USAGE_STATS_ENABLED="0", SALVAGE_RAY_OBJECT_STORE_BYTES=str(80 * 2**20), COLUMNS="200",
                PYTHONPATH=str(REPO))
     return env
 

@@ -1,8 +1,10 @@
 """Bad input gets a one-line error naming the problem: never a hang or a traceback."""
 import os
+import re
 import socket
 import time
 
+import psutil
 import pytest
 from localcluster import LocalCluster, salvage
 
@@ -16,10 +18,18 @@ def one_line_error(proc) -> str:
     return lines[0]
 
 
-def test_join_to_an_address_with_no_head_fails_within_10_s():
+def a_token_file(tmp_path) -> str:
+    path = tmp_path / "token"
+    path.write_text("x" * 64)
+    path.chmod(0o600)
+    return str(path)
+
+
+def test_join_to_an_address_with_no_head_fails_within_10_s(tmp_path):
     (port,) = free_ports(1)
     start = time.monotonic()
-    proc = salvage("worker", "join", f"127.0.0.2:{port}", "--simulate-gpus", "", check=False, timeout=30)
+    proc = salvage("worker", "join", f"127.0.0.2:{port}", "--simulate-gpus", "", "--token-file",
+                   a_token_file(tmp_path), check=False, timeout=30)
     assert time.monotonic() - start < 15  # 10 s of trying plus interpreter start-up
     assert "no salvage head answers" in one_line_error(proc)
 
@@ -83,21 +93,49 @@ def test_down_is_idempotent_and_keeps_state(tmp_path):
     assert "nothing to stop" in salvage("cluster", "down", "--state-dir", str(tmp_path / "state")).stdout
 
 
-def test_lan_cluster_needs_the_token(tmp_path):
-    """`--host` turns on token auth: the join line carries it, and without it
-    a PC is refused with a clear reason."""
+@pytest.mark.parametrize("content, mode, message", [
+    ("", 0o600, "must hold one word of at least 32"),
+    ("short", 0o600, "must hold one word of at least 32"),
+    ("y" * 64, 0o644, "readable by other users"),
+])
+def test_a_lan_head_refuses_an_empty_short_or_readable_token(tmp_path, content, mode, message):
+    state = tmp_path / "lan"
+    state.mkdir(mode=0o700)
+    (state / "token").write_text(content)
+    (state / "token").chmod(mode)
+    cluster = LocalCluster(state)
+    proc = salvage("cluster", "up", "--state-dir", str(state), "--host", "127.0.0.2", "--port",
+                   str(cluster.ray_port), "--http-port", str(cluster.http_port), check=False)
+    assert message in one_line_error(proc)
+    assert not (state / "coordinator.pid").exists()
+
+
+def test_a_lan_head_speaks_tls_needs_its_token_and_never_shows_it(tmp_path):
+    """`--host` makes the head's CA; the join line carries its fingerprint and a token
+    file, never the token; without them a PC is refused with a clear reason."""
     cluster = LocalCluster(tmp_path / "lan")
     out = cluster.up("--host", "127.0.0.2").stdout
     try:
         token = (tmp_path / "lan" / "token").read_text().strip()
-        assert f"--token {token}" in out
+        assert token not in out and "--token-file" in out
+        fingerprint = re.search(r"--ca-fingerprint (sha256:[0-9a-f]{64})", out)[1]
         assert oct((tmp_path / "lan" / "token").stat().st_mode & 0o777) == "0o600"
-        proc = salvage("worker", "join", cluster.address, "--simulate-gpus", "", check=False, timeout=60)
-        assert "token" in one_line_error(proc)
-        cluster.join("lan-pc", "", "--token", token)
+        assert oct((tmp_path / "lan").stat().st_mode & 0o777) == "0o700"
+        proc = salvage("worker", "join", cluster.address, "--simulate-gpus", "", "--token-file",
+                       a_token_file(tmp_path), check=False, timeout=60)
+        assert "ca-fingerprint" in one_line_error(proc)  # plain HTTP gets nowhere
+        proc = salvage("worker", "join", cluster.address, "--simulate-gpus", "", "--token-file",
+                       a_token_file(tmp_path), "--ca-fingerprint", "sha256:" + "0" * 64, check=False, timeout=60)
+        assert "ca-fingerprint: the head" in one_line_error(proc)
+        proc = salvage("worker", "join", cluster.address, "--simulate-gpus", "", "--token-file",
+                       a_token_file(tmp_path), "--ca-fingerprint", fingerprint, check=False, timeout=60)
+        assert "token" in one_line_error(proc)  # the right head, the wrong token
+        cluster.join("lan-pc", "", "--ca-fingerprint", fingerprint)
         cluster.wait_state("lan-pc", "alive", timeout=90)
-        # A second `up` keeps the same token.
-        assert f"--token {token}" in cluster.up("--host", "127.0.0.2").stdout
+        for p in psutil.process_iter(["cmdline"]):
+            assert token not in " ".join(p.info["cmdline"] or []), p.info["cmdline"]
+        # A second `up` keeps the same token and CA.
+        assert fingerprint in cluster.up("--host", "127.0.0.2").stdout
     finally:
         cluster.down()
 
@@ -113,9 +151,19 @@ def test_up_with_prometheus_scrapes_the_head(tmp_path):
         pytest.skip("prometheus not installed (apt-get install prometheus)")
     cluster = LocalCluster(tmp_path / "prom")
     (prom_port,) = free_ports(1)
-    out = cluster.up("--prometheus", "--prometheus-port", str(prom_port)).stdout
+    (am_port,) = free_ports(1, "127.0.0.1")
+    out = cluster.up("--alertmanager", "--alertmanager-port", str(am_port), "--alert-webhook",
+                     "http://127.0.0.1:9/alerts", "--prometheus-port", str(prom_port)).stdout
     try:
         assert f"Prometheus on http://127.0.0.2:{prom_port}" in out
+        assert f"Alertmanager on http://127.0.0.1:{am_port}" in out
+
+        def alertmanager_known():  # Prometheus sends its alerts to the Alertmanager `up` started
+            url = f"http://127.0.0.2:{prom_port}/api/v1/alertmanagers"
+            active = json.loads(urllib.request.urlopen(url, timeout=5).read())["data"]["activeAlertmanagers"]
+            return any(f"127.0.0.1:{am_port}" in a["url"] for a in active)
+
+        cluster.wait_for(lambda: _quiet(alertmanager_known), 60, "Prometheus to find Alertmanager")
 
         def head_target_up():
             url = f"http://127.0.0.2:{prom_port}/api/v1/targets"
@@ -128,6 +176,8 @@ def test_up_with_prometheus_scrapes_the_head(tmp_path):
         cluster.down()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.2", prom_port)) != 0  # `down` stopped it too
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", am_port)) != 0
 
 
 def _quiet(check):

@@ -715,3 +715,20 @@ def test_killed_mid_run_reopens_consistent_and_finishes(tmp_path):
     assert len(output_lines(store, info["batch"])) == 20000
     assert store.check_consistency() == []
     store.close()
+
+
+def test_a_cancelled_batch_keeps_what_was_validated_and_sends_nothing_more(store):
+    batch = store.submit("double", [{"x": i} for i in range(10)], now=0)
+    work(store, "a", n=4, now=1)
+    work(store, "b", n=4, now=1)  # 4 units validated
+    out = store.fetch_work(HostCaps("c"), 3, now=2)  # 3 copies out
+    assert store.batch_status(batch)["wus"]["done"] == 4
+    counts = store.cancel(batch, now=3)
+    assert counts == {"withdrawn": 6, "aborted": 3}
+    st = store.batch_status(batch)
+    assert st["done"] and st["wus"] == {"total": 10, "done": 4, "error": 6, "in_progress": 0, "unsent": 0}
+    assert st["wu_errors"] == {"cancelled": 6}
+    assert store.fetch_work(HostCaps("d"), 100, now=4) == []
+    store.report("c", [Report(t.result_id, "success", good(t)) for t in out], now=5)  # late: ignored
+    assert set(store.credit_by_host()) == {"a", "b"} and len(output_lines(store, batch)) == 4
+    assert store.check_consistency() == []

@@ -16,6 +16,12 @@ from jobs.dutycycle import DutyCycle
 from jobs.gpt.config import GPTConfig
 
 from .faults import CORRUPT_DELTAS_ENV
+from .pausing import PauseWatch
+
+
+class WorkerPaused(Exception):
+    """The PC's owner, its operator or its health paused this worker's device
+    before it took a step this round; the head leaves it out and resumes later."""
 
 
 def corrupted(kind: str, result: tuple) -> tuple:
@@ -35,7 +41,7 @@ def corrupted(kind: str, result: tuple) -> tuple:
 
 class PoolWorker:
     def __init__(self, config: dict, data: str | None, seed: int, codec: str,
-                 sampler_state: dict | None = None):
+                 sampler_state: dict | None = None, device: str = "cpu"):
         from jobs.gpt.data import default_cache_dir, fixed_batches, prepare_data
         from jobs.gpt.diloco import LocalTrainer
 
@@ -47,6 +53,7 @@ class PoolWorker:
         if sampler_state:
             self.trainer.sampler.load_state_dict(sampler_state)
         self.val = fixed_batches(self.data.val, self.cfg.model.block_size, t.batch_size, t.eval_iters, t.seed + 1)
+        self.pause = PauseWatch.here(device)
 
     def info(self) -> dict:
         return {"device": self.trainer.describe(), "n_params": self.trainer.model.num_params(),
@@ -62,11 +69,16 @@ class PoolWorker:
         """Returns (codec, data, scales, size, tokens, steps, wall_s, fetch_s, loss, sampler_state).
 
         The round's parameters (whole, or as a change to the last ones) come boxed in
-        a list so that fetching them is timed here: that is this worker's link."""
+        a list so that fetching them is timed here: that is this worker's link. A
+        pause of its device ends the round before the next step (within a second);
+        one that came before any step raises WorkerPaused."""
         t0 = time.perf_counter()
         message = ray.get(message_box[0])
         fetch_s = time.perf_counter() - t0
-        r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s, overrun_cost)
+        r = self.trainer.run_round(message, steps, start_tokens, round_tokens, schedule, budget_s, overrun_cost,
+                                   should_stop=self.pause)
+        if r.steps == 0:
+            raise WorkerPaused(f"paused ({self.pause.reason()})")
         d = r.delta
         result = (d.codec, d.data, d.scales, d.size, r.tokens, r.steps, time.perf_counter() - t0, fetch_s,
                   r.loss, r.sampler_state)

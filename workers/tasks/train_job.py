@@ -17,6 +17,8 @@ from jobs.dutycycle import DutyCycle
 from jobs.gpt.config import GPTConfig
 from workers.headclient import HeadClient, HeadError, HeadUnreachable
 
+from .pausing import PauseWatch
+
 CHECKPOINT_NAME = "ckpt.pt"
 FLUSH_EVERY_S = 0.5
 # The final checkpoint is offered to the head this long (the head may be
@@ -104,13 +106,16 @@ class HeadLink:
         return True
 
 
-def run_train_job(job_id: int, attempt: int, config: dict, data: str | None, head: dict) -> dict:
-    """Train job `job_id` here, resuming from the head's checkpoint if any.
+def run_train_job(job_id: int, attempt: int, config: dict, data: str | None, head: dict,
+                  device: str = "cpu") -> dict:
+    """Train job `job_id` here on `device` ("cpu" or "gpuN"), resuming from the
+    head's checkpoint if any.
 
     `head`: the API's `address`, the cluster's `token`, and its `ca` (PEM) when it
     speaks TLS. Returns the run's summary, {"error": ...} for a job that cannot
-    run, or {"retry": ...} when the head could not be reached to fetch or take a
-    checkpoint: the job then goes back to the queue rather than fail."""
+    run, or {"retry": ...} when it should go back to the queue rather than fail:
+    its device was paused (it stopped at a checkpoint), or the head could not be
+    reached to fetch or take a checkpoint."""
     from jobs.gpt.train import USER_ERRORS, train
 
     workdir = Path(tempfile.mkdtemp(prefix=f"salvage-train-{job_id}-"))
@@ -131,13 +136,18 @@ def run_train_job(job_id: int, attempt: int, config: dict, data: str | None, hea
         link = HeadLink(client, job_id, attempt)
         if resumed:
             link.log(f"fetched the job's checkpoint from the head ({ckpt.stat().st_size / 2**20:.1f} MiB)")
+        pause = PauseWatch.here(device)
         try:
             result = train(GPTConfig.from_dict(config), data, workdir, on_progress=link.progress,
-                           should_stop=link.should_stop, on_log=link.log, throttle=DutyCycle.from_env())
+                           should_stop=lambda: link.should_stop() or pause(), on_log=link.log,
+                           throttle=DutyCycle.from_env())
         except USER_ERRORS as err:
             link.log(f"error: {err}")
             result = {"error": str(err)}
         result.pop("checkpoint", None)
+        why = pause.reason()
+        if why and result.get("stopped") and not link.should_stop():
+            result = {"retry": f"its device was paused ({why}); it stopped at a checkpoint"}
         return result
     finally:
         # The local copy goes only once the head has confirmed it holds the last one.
