@@ -55,6 +55,15 @@ METRICS: tuple[Metric, ...] = (
     _agent("salvage_gpu_paused", "gauge", "gpu", "reason"),
     _agent("salvage_agent_poll_duration_seconds", "histogram"),
     _agent("salvage_device_speed_flops", "gauge", "device"),
+    # The PC's own BOINC client, where its agent manages one (workers/boinc/metrics.py).
+    _agent("salvage_boinc_up", "gauge"),
+    _agent("salvage_boinc_mode", "gauge", "resource", "mode"),
+    _agent("salvage_boinc_owner_mode", "gauge", "resource", "mode"),
+    _agent("salvage_boinc_held", "gauge", "resource", "reason"),
+    _agent("salvage_boinc_holds_total", "counter", "resource"),
+    _agent("salvage_boinc_tasks", "gauge", "state"),
+    _agent("salvage_boinc_project_info", "gauge", "project_url", "name"),
+    _agent("salvage_boinc_project_host_credit_total", "counter", "project_url"),
     # Coordinator on the head.
     _head("salvage_hosts", "gauge", "state"),
     _head("salvage_gpus", "gauge", "model"),

@@ -194,5 +194,49 @@ def build() -> dict[str, Any]:
                 min_value=0,
             )
         )
+        .with_row(dash.Row("BOINC on the PCs"))
+        .with_panel(
+            timeseries_panel(
+                "BOINC tasks running per host",
+                "none",
+                [query('sum by (host) (salvage_boinc_tasks{state="running"})', "{{host}}")],
+                description="Tasks of the owners' own BOINC projects running on the PCs whose agents manage "
+                "their BOINC client (`worker join --boinc`): the devices salvage leaves idle, put to use.",
+                span=8,
+                stacked=True,
+                min_value=0,
+            )
+        )
+        .with_panel(
+            timeseries_panel(
+                "Devices salvage holds from BOINC",
+                "none",
+                [query("sum by (host, resource, reason) (salvage_boinc_held)", "{{host}} {{resource}} ({{reason}})")],
+                description="1 while salvage keeps a PC's BOINC client off a resource: its own work runs there "
+                "(work) or the owner's policy paused the PC (paused). BOINC gets it back once idle.",
+                span=8,
+                min_value=0,
+                max_value=1,
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "BOINC clients reachable",
+                "none",
+                [query("sum(salvage_boinc_up) or vector(0)", "reachable"),
+                 query("count(salvage_boinc_up == 0) or vector(0)", "not reachable")],
+                description="A client that is not running or refuses the password shows in `salvage boinc status`.",
+                span=4,
+            )
+        )
+        .with_panel(
+            stat_panel(
+                "BOINC credit",
+                "none",
+                [query("sum by (host) (salvage_boinc_project_host_credit_total)", "{{host}}")],
+                description="Credit each PC has earned at its BOINC projects, as the projects report it.",
+                span=4,
+            )
+        )
     )
     return to_json(board)

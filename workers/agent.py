@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from jobs.dutycycle import DUTY_CYCLE_ENV
 
 from . import benchmark, doctor
+from .boinc import BoincCollector, BoincError, BoincManager, BoincRpc
 from .gpus import GpuReader, open_nvml
 from .headclient import HeadClient, HeadError, HeadUnreachable, fetch_ca
 from .health import HealthMonitor, run_check
@@ -32,15 +33,31 @@ from .pauses import Pauses
 from .policy import Policy
 from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
 from .records import MAX_TEXT, NAME_RE, GpuSample, HostInfo
+from .tasks.claims import CLAIMS_DIR_ENV, claimed
 from .tasks.pausing import PAUSE_FILE_ENV
 from .tasks.science import CHECKPOINT_DIR_ENV
 
 JOIN_TIMEOUT_S = 10.0
+TICK_S = 1.0  # how often the agent looks at what its work claims (and lends the rest to BOINC)
+ATTACH_WAIT_S = 30.0
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 
 class JoinError(Exception):
     """A join that cannot go on; `str()` is the one-line reason."""
+
+
+@dataclass
+class BoincLink:
+    """The PC's own BOINC client, which the agent lends the devices salvage leaves idle."""
+
+    host: str = "127.0.0.1"
+    port: int = 31416
+    password_file: Path | None = None  # None: the client's own gui_rpc_auth.cfg
+    idle_s: float = 60.0  # a device idle this long goes back to BOINC
+
+    def rpc(self) -> BoincRpc:
+        return BoincRpc(self.host, self.port, password_file=self.password_file)
 
 
 @dataclass
@@ -51,8 +68,8 @@ class AgentConfig:
     ca_fingerprint: str | None = None  # a head on the LAN: its CA, as its join line shows it
     metrics_port: int = 9470
     simulate_gpus: str | None = None
-    poll_interval: float = 5.0
-    heartbeat_interval: float = 5.0
+    poll_interval: float = 2.0
+    heartbeat_interval: float = 2.0  # also how soon an operator's pause reaches the PC
     num_cpus: int | None = None
     node_ip: str | None = None
     duty_cycle: float = 1.0  # the owner's limit: work runs at most this fraction of wall time
@@ -60,6 +77,7 @@ class AgentConfig:
     policy_file: Path | None = None  # re-read when it changes
     log_dir: Path = field(default_factory=lambda: Path.home() / ".salvage" / "agent")
     ray_env: dict[str, str] = field(default_factory=dict)
+    boinc: BoincLink | None = None
 
 
 def sanitize_label(value: str) -> str:
@@ -119,6 +137,10 @@ class Agent:
         self.health = HealthMonitor(check=self._health_check)
         self.pauses: Pauses | None = None  # made at join, once the log dir is known
         self.beat_now = False  # a pause or resume: tell the head without waiting for the next beat
+        self.boinc = BoincManager(config.boinc.rpc(), idle_s=config.boinc.idle_s) if config.boinc else None
+        self._boinc_paused = False
+        self.attaches: dict[str, str] = {}  # the head's attach request id -> its outcome, one line
+        self._attaches_lock = threading.Lock()
 
     # --- the steps of a join ---
     def trust_head(self) -> None:
@@ -256,6 +278,7 @@ class Agent:
         env[DUTY_CYCLE_ENV] = repr(min(self.config.duty_cycle, self.config.policy.duty_cycle))
         env[PAUSE_FILE_ENV] = str(self.pause_file)
         env[CHECKPOINT_DIR_ENV] = str(self.checkpoint_dir)
+        env[CLAIMS_DIR_ENV] = str(self.claims_dir)
         self.ray_node = RayNode(args, env, self.config.log_dir / f"{info.name}-ray.log")
         self.ray_node.start()
         self.node_ip = ip
@@ -280,6 +303,8 @@ class Agent:
 
     def serve_metrics(self) -> None:
         self.registry.register(AgentCollector(self))
+        if self.boinc is not None:
+            self.registry.register(BoincCollector(self.boinc))
         bind = self.node_ip
         try:
             server, _ = start_http_server(self.config.metrics_port, addr=bind, registry=self.registry)
@@ -304,7 +329,8 @@ class Agent:
                 "lost_gpus": [g.index for g in poll.gpus if g.lost] if poll else [],
                 "gpus": [self._reading(g) for g in poll.gpus] if poll else [],
                 "paused": self.pauses.state.as_json() if self.pauses else None,
-                "health": {"host": self.health.host(), "gpus": {str(i): w for i, w in self.health.gpus().items()}}}
+                "health": {"host": self.health.host(), "gpus": {str(i): w for i, w in self.health.gpus().items()}},
+                "boinc": self.boinc_report()}
         try:
             reply = self.head.post("/api/hosts/heartbeat", body)
         except HeadError as err:
@@ -319,7 +345,8 @@ class Agent:
         if reply.get("epoch") != self.epoch:
             self.rejoin_needed = True
             return
-        directives = reply.get("directives") or {}
+        directives = dict(reply.get("directives") or {})
+        self.start_attaches(directives.pop("boinc_attach", None) or [])
         if self.pauses is not None and directives != self.pauses.directives:
             self.pauses.directives = directives
             if directives.get("check_host"):
@@ -343,6 +370,10 @@ class Agent:
     @property
     def checkpoint_dir(self) -> Path:
         return self.config.log_dir / f"{self.config.name}-checkpoints"
+
+    @property
+    def claims_dir(self) -> Path:
+        return self.config.log_dir / f"{self.config.name}.claims"
 
     @property
     def policy_report(self) -> Path:
@@ -392,9 +423,71 @@ class Agent:
             except OSError:
                 pass
 
+    # --- the PC's own BOINC client ---
+    def lend_idle_devices(self) -> None:
+        """BOINC stops using what salvage's work claims, and everything while the PC
+        is paused; it gets a device back once that has been idle a while."""
+        if self.boinc is None:
+            return
+        paused = self.pauses.state.host if self.pauses else None
+        if paused:
+            self.boinc.pause(paused)
+        elif self._boinc_paused:
+            self.boinc.resume()
+        self._boinc_paused = bool(paused)
+        if not paused:
+            self.boinc.update(dict.fromkeys(claimed(self.claims_dir), True))
+
+    def boinc_report(self) -> dict | None:
+        """What the head shows of this PC's BOINC client."""
+        if self.boinc is None:
+            return None
+        s = self.boinc.status()
+        with self._attaches_lock:
+            attaches = dict(self.attaches)
+        return {"kind": s.kind, "connected": s.connected, "note": s.note, "modes": s.modes,
+                "owner_modes": {r: (m.current if m.temp_left_s > 0 else m.perm) for r, m in s.owner_modes.items()},
+                "held": {r: {"reason": h.reason, "detail": h.detail} for r, h in s.held.items()},
+                "projects": [{"url": p.url, "name": p.name, "credit": p.host_total_credit} for p in s.projects],
+                "tasks": s.tasks, "attaches": attaches}
+
+    def start_attaches(self, requests: list) -> None:
+        """The head asks this PC's client to attach to a project: each request once,
+        in its own thread (an attach waits for the project's answer), on its own
+        connection (the poll loop keeps the other)."""
+        for req in requests:
+            if not isinstance(req, dict) or not all(isinstance(req.get(k), str) for k in ("id", "url", "key")):
+                continue
+            with self._attaches_lock:
+                if req["id"] in self.attaches:
+                    continue
+                while len(self.attaches) >= 20:  # the head has long had the oldest outcomes
+                    del self.attaches[next(iter(self.attaches))]
+                self.attaches[req["id"]] = {"state": "attaching", "detail": ""}
+            threading.Thread(target=self._attach, args=(req,), daemon=True, name="boinc-attach").start()
+
+    def _attach(self, req: dict) -> None:
+        if self.config.boinc is None:
+            outcome = {"state": "failed", "detail": "this PC's agent does not manage BOINC (join with --boinc)"}
+        else:
+            rpc = self.config.boinc.rpc()
+            try:
+                answered = rpc.attach_project(req["url"], req["key"], wait_s=ATTACH_WAIT_S)
+                outcome = {"state": "attached", "detail": "" if answered else
+                           f"the project has not answered within {ATTACH_WAIT_S:.0f} s; the client keeps trying"}
+            except BoincError as err:
+                outcome = {"state": "failed", "detail": str(err)}
+            finally:
+                rpc.close()
+        self.say(f"BOINC attach {req['url']}: {outcome['state']}" + (f" ({outcome['detail']})" if outcome['detail'] else ""))
+        with self._attaches_lock:
+            self.attaches[req["id"]] = outcome
+        self.beat_now = True
+
     def run(self) -> int:
         os.umask(0o077)  # its secret, the head's CA and its Ray logs are this PC owner's alone
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
+        self.claims_dir.mkdir(exist_ok=True)
         self.pauses = Pauses(self.pause_file, self.config.policy, self.config.policy_file, self.health, self.say)
         self.forget_old_checkpoints()
         self.trust_head()
@@ -414,26 +507,41 @@ class Agent:
         self.step_aside()
         self.join_ray(cluster, first=True)
         self.say(f"joined as {info.name}; metrics on http://{self.metrics_addr}/metrics")
+        self.lend_idle_devices()
+        if self.boinc is not None:
+            self.say(self.describe_boinc())
         self._install_signal_handlers()
-        next_beat = 0.0
+        next_beat = next_poll = 0.0
+        tick = min(TICK_S, self.config.poll_interval)
         while not self._stop.is_set():
-            self.poll()
-            if self.last_poll:
-                self.health.observe(self.last_poll.gpus, self.gpu_reader.xid_errors)
-                self.health.due({f"gpu{g.index}" for g in self.last_poll.gpus if g.lost})
-            for note in self.health.take_notes():
-                self.say(note)
-            self.step_aside()
             now = time.monotonic()
+            if now >= next_poll:
+                next_poll = now + self.config.poll_interval
+                self.poll()
+                if self.last_poll:
+                    self.health.observe(self.last_poll.gpus, self.gpu_reader.xid_errors)
+                    self.health.due({f"gpu{g.index}" for g in self.last_poll.gpus if g.lost})
+                for note in self.health.take_notes():
+                    self.say(note)
+                self.step_aside()
+            self.lend_idle_devices()
             if now >= next_beat or self.beat_now:
                 self.beat_now = False
                 self.heartbeat()
                 next_beat = now + self.config.heartbeat_interval
             if self.rejoin_needed or not self.ray_node.alive():
                 self.rejoin()
-            self._stop.wait(self.config.poll_interval)
+            self._stop.wait(tick)
         self.leave()
         return 0
+
+    def describe_boinc(self) -> str:
+        s = self.boinc.status()
+        where = f"{self.config.boinc.host}:{self.config.boinc.port}"
+        if not s.connected:
+            return f"note: BOINC at {where}: {s.note}; salvage carries on and tries again each second"
+        return (f"BOINC at {where}: {len(s.projects)} project(s), {s.tasks.get('running', 0)} task(s) running; "
+                f"it gets every device salvage leaves idle for {self.config.boinc.idle_s:g} s")
 
     def join_ray(self, cluster: dict, first: bool = False) -> None:
         with start_lock():  # held until the head sees our node
@@ -473,6 +581,8 @@ class Agent:
         self.state = "leaving"
         if self.ray_node:
             self.ray_node.stop(timeout=10)
+        if self.boinc is not None:  # the owner's own modes come back
+            self.boinc.stop()
         try:
             self.head.post("/api/hosts/leave", {"name": self.config.name, "agent_id": self.agent_id})
         except (HeadError, HeadUnreachable):

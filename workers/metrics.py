@@ -12,6 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from .gpus import THROTTLE_REASONS, GpuReader
 from .host import Poll
 from .pauses import Pauses
+from .policy import REASONS
 from .records import HostInfo
 
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
@@ -64,9 +65,9 @@ class AgentCollector:
                       ["reason"])
         gpus = _gauge("gpu_paused", "1 while the GPU takes no work, by reason (hot, unhealthy, operator...).",
                       ["gpu", "reason"])
+        for reason in REASONS:  # every reason, 0 or 1: "not paused" is a value a panel can show
+            host.add_metric([reason], 1.0 if paused is not None and paused.host == reason else 0.0)
         if paused is not None:
-            if paused.host:
-                host.add_metric([paused.host], 1.0)
             for index, reason in sorted(paused.gpus.items()):
                 gpus.add_metric([str(index), reason], 1.0)
         yield host

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import click
 
+from .boinc import boinc
 from .cluster import cluster
 from .demo import demo
 from .doctor import doctor
@@ -27,5 +28,5 @@ def main():
     """
 
 
-for group in (cluster, worker, train, science, demo, doctor):
+for group in (cluster, worker, train, science, boinc, demo, doctor):
     main.add_command(group)

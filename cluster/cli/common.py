@@ -45,6 +45,15 @@ def call(state_dir: Path | None, path: str, body: dict) -> dict:
         raise click.ClickException(str(err)) from None
 
 
+def get(state_dir: Path | None, path: str) -> dict:
+    """GET from the head of this state dir; a refusal is a one-line error."""
+    client, _ = head_client(state_of(state_dir))
+    try:
+        return client.get(path)
+    except (HeadError, HeadUnreachable) as err:
+        raise click.ClickException(str(err)) from None
+
+
 def submit(state_dir: Path | None, path: str, body: dict, patience_s: float = SUBMIT_PATIENCE_S) -> dict:
     """POST a submission with an idempotency key, and send it again if the head did
     not answer in time: the head gives a repeat the first reply, so the job or batch

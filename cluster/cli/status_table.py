@@ -5,6 +5,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cluster.head.boincreport import summary
+
 STATE_STYLE = {"alive": "green", "lost": "red", "left": "dim"}
 
 
@@ -31,7 +33,7 @@ def _gpu_line(g: dict, node: dict) -> str:
 def render_status(data: dict, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=f"salvage cluster — head {data['head']}")
-    for col in ("host", "state", "GPUs (model, VRAM, compute)", "speed GFLOP/s", "running", "last event"):
+    for col in ("host", "state", "GPUs (model, VRAM, compute)", "speed GFLOP/s", "running", "BOINC", "last event"):
         table.add_column(col)
     for node in data["nodes"]:
         gpus = "\n".join(_gpu_line(g, node) for g in node["gpus"]) or f"CPU only ({node['cpu']['cores']} cores)"
@@ -41,7 +43,7 @@ def render_status(data: dict, console: Console | None = None) -> None:
             state += f"\n[yellow]{escape(node['blocked'])}[/]"
         event = node.get("last_event") or {}
         table.add_row(escape(node["name"]), state, gpus, f"{node['speed_gflops']:.1f}",
-                      escape(", ".join(node["running"])) or "-",
+                      escape(", ".join(node["running"])) or "-", escape(summary(node.get("boinc"))),
                       escape(f"{event['kind']}: {event['detail']}") if event else "-")
     console.print(table)
     alive = sum(n["state"] == "alive" for n in data["nodes"])

@@ -40,7 +40,7 @@ def worker():
                    "or @file.json (re-read at every poll; may hold live sensor values).")
 @click.option("--num-cpus", type=int, default=None, help="CPU cores to offer [default: all].")
 @click.option("--node-ip", default=None, help="This PC's address as the head sees it [default: detected].")
-@click.option("--poll-interval", type=float, default=5.0, show_default=True, help="Seconds between hardware polls.")
+@click.option("--poll-interval", type=float, default=2.0, show_default=True, help="Seconds between hardware polls.")
 @click.option("--log-dir", type=click.Path(path_type=Path), default=None,
               help="Where the agent's Ray node logs and its last speed measurement (kept a day, "
                    "so a restart rejoins faster) go [default: ~/.salvage/agent].")
@@ -51,12 +51,23 @@ def worker():
               help="The owner's policy (TOML): idle-only, time windows, GPU temperature ceiling, power cap, "
                    "duty cycle, RAM share; re-read when it changes. See `salvage worker policy --help`. "
                    "[env: SALVAGE_POLICY]")
+@click.option("--boinc", "boinc", is_flag=True, envvar="SALVAGE_BOINC",
+              help="Manage this PC's BOINC client: it gets every device salvage leaves idle, and gives a "
+                   "device back within seconds when salvage's work arrives. [env: SALVAGE_BOINC]")
+@click.option("--boinc-rpc", default="127.0.0.1:31416", show_default=True, metavar="HOST:PORT",
+              envvar="SALVAGE_BOINC_RPC", help="The BOINC client's GUI RPC. [env: SALVAGE_BOINC_RPC]")
+@click.option("--boinc-password-file", type=click.Path(path_type=Path), envvar="SALVAGE_BOINC_PASSWORD_FILE",
+              default=None, help="Its GUI RPC password [default: the client's gui_rpc_auth.cfg, e.g. "
+                                 "/var/lib/boinc-client/gui_rpc_auth.cfg]. [env: SALVAGE_BOINC_PASSWORD_FILE]")
+@click.option("--boinc-idle", type=float, default=60.0, show_default=True, metavar="SECONDS",
+              envvar="SALVAGE_BOINC_IDLE",
+              help="How long a device stays idle before BOINC gets it back. [env: SALVAGE_BOINC_IDLE]")
 @click.option("--corrupt-results", is_flag=True, hidden=True,
               help="Tests only: this PC forges its science results (a lying host).")
 @click.option("--corrupt-deltas", default=None, hidden=True,
               help="Tests only: this PC's pool workers send broken deltas of this kind.")
 def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir,
-         duty_cycle, policy_file, corrupt_results, corrupt_deltas):
+         duty_cycle, policy_file, boinc, boinc_rpc, boinc_password_file, boinc_idle, corrupt_results, corrupt_deltas):
     """Probe this PC, join the cluster at ADDRESS (the head's HOST:PORT) and stay in it.
 
     Runs in the foreground; Ctrl-C or SIGTERM leaves the cluster cleanly.
@@ -92,6 +103,8 @@ def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_
                          num_cpus=num_cpus, node_ip=node_ip, duty_cycle=duty_cycle)
     if log_dir:
         config.log_dir = log_dir
+    if boinc:
+        config.boinc = _boinc_link(boinc_rpc, boinc_password_file, boinc_idle)
     if corrupt_results:
         config.ray_env[CORRUPT_RESULTS_ENV] = "1"
     if corrupt_deltas:
@@ -103,6 +116,19 @@ def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_
         sys.exit(agent.run())
     except JoinError as err:
         raise click.ClickException(str(err)) from None
+
+
+def _boinc_link(rpc: str, password_file: Path | None, idle_s: float):
+    from workers.agent import BoincLink
+
+    host, _, port = rpc.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.ClickException(f"boinc-rpc: expected HOST:PORT of the BOINC client, got {rpc!r}")
+    if not idle_s >= 0:
+        raise click.ClickException(f"boinc-idle: expected seconds (0 or more), got {idle_s:g}")
+    if password_file is not None and not password_file.expanduser().is_file():
+        raise click.ClickException(f"boinc-password-file: no file at {password_file}")
+    return BoincLink(host=host, port=int(port), password_file=password_file and password_file.expanduser(), idle_s=idle_s)
 
 
 def _token(token_file: Path | None) -> str:

@@ -29,6 +29,7 @@ from cluster.train.service import TrainJobs
 from workers.raynode import NO_LOG_MONITOR, RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
 
 from . import alertmanager, tls
+from .boinc import BoincFleet
 from .db import Database
 from .hosts import HostRecords, HostsApi
 from .http import Route, serve
@@ -69,10 +70,11 @@ class Coordinator:
                                log=self.log, stopping=self.stopping, on_failure=self.task_failed)
         self.science = ScienceDispatch(self.store, self.hosts, self.nodes, training=self.train.running_on,
                                        log=self.log, stopping=self.stopping, on_failure=self.task_failed)
+        self.boinc = BoincFleet(alive=lambda: {r.name: r.boinc for r in self.hosts.alive()}, log=self.log)
         self.hosts_api = HostsApi(self.hosts, self.nodes, epoch=time.time(), running=self.running,
                                   busy=self.busy, on_lost=self.science.host_lost, log=self.log,
                                   about={"head": config.api_address, "ray": config.ray_address},
-                                  loopback=not config.lan, training=self.train.running_on)
+                                  loopback=not config.lan, training=self.train.running_on, boinc=self.boinc)
         self.registry.register(HeadCollector(FleetView(
             hosts=self.hosts, nodes=self.nodes, train_jobs=self.train.records.all, training_on=self.train.running_on,
             store=self.store, science_on=self.science.running_on, science_reported=lambda: self.science.reported)))
@@ -97,6 +99,7 @@ class Coordinator:
             ("GET", "/fragment"): Route(lambda _q: (self.page.fragment(), CONTENT_TYPE), kind="page",
                                         open=not config.lan, login=True),
             **self.hosts_api.routes(),
+            **self.boinc.routes(),
             **self.train.routes(),
             **science_api.routes(),
         }

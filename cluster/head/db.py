@@ -182,6 +182,8 @@ def _v2_integrity(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE hosts ADD COLUMN paused_json TEXT NOT NULL DEFAULT '{}'")
     conn.execute("ALTER TABLE hosts ADD COLUMN health_json TEXT NOT NULL DEFAULT '{}'")
     conn.execute("ALTER TABLE hosts ADD COLUMN admin_json TEXT NOT NULL DEFAULT '{}'")
+    # Its own BOINC client, as the agent reports it (NULL: the agent manages none).
+    conn.execute("ALTER TABLE hosts ADD COLUMN boinc_json TEXT")
     # What happened to a PC, for `cluster status` and the page: pauses and resumes,
     # drains, health, preemptions, with their reasons.
     conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, t REAL NOT NULL, host TEXT NOT NULL,"

@@ -15,6 +15,8 @@ from typing import Callable
 
 from workers.records import HostInfo, RecordError
 
+from .boinc import BoincFleet
+from .boincreport import ReportError, boinc_report
 from .db import Database
 from .http import ApiError, Route
 from .raynodes import HOST_LABEL, RayNodes
@@ -23,7 +25,7 @@ LOST_AFTER_S = 20.0  # an agent beats every 5 s; three missed beats and it is lo
 AGENT_ID_RE = re.compile(r"[0-9a-f]{32}")
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
 COLUMNS = ("name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen, "
-           "secret_hash, machine, agent_state, live_json, paused_json, health_json, admin_json")
+           "secret_hash, machine, agent_state, live_json, paused_json, health_json, admin_json, boinc_json")
 # The reasons a PC or GPU is paused, as agents send them: a small fixed set (they label metrics).
 PAUSE_REASONS = ("owner_input", "owner_cpu", "time_window", "gpu_hot", "ram", "idle_unknown", "operator", "drained",
                  "unhealthy", "preempted")
@@ -50,6 +52,7 @@ class HostRow:
     paused: dict = field(default_factory=dict)  # the agent's: {"host": reason, "gpus": {"0": reason}, ...}
     health: dict = field(default_factory=dict)  # the agent's {"host": why, "gpus": {...}}, and the head's "failures"
     admin: dict = field(default_factory=dict)  # the operator's: {"host": {state, reason, at}, "gpus": {"0": ...}}
+    boinc: dict | None = None  # its BOINC client as the agent last reported it; None: not managed
 
     def blocked(self, gpu: int | None = None, science: bool = False) -> str | None:
         """Why this PC (or one of its GPUs) takes no new work now, or None. A drained
@@ -134,7 +137,7 @@ class HostRecords:
         return cur.rowcount == 1
 
     def heartbeat(self, name: str, agent_id: str, lost_gpus: list[int], agent_state: str,
-                  live: list[dict], paused: dict, health: dict) -> bool:
+                  live: list[dict], paused: dict, health: dict, boinc: dict | None = None) -> bool:
         """Record a beat; False when no live registration of this agent exists. The
         head's own "failures" mark in the health is kept."""
         with self.db.lock:
@@ -142,9 +145,10 @@ class HostRecords:
             mine = json.loads(row[0]).get("failures") if row else None
             cur = self.db.conn.execute(
                 "UPDATE hosts SET last_seen = ?, state = 'alive', lost_gpus = ?, agent_state = ?, live_json = ?, "
-                "paused_json = ?, health_json = ? WHERE name = ? AND agent_id = ? AND state != 'left'",
+                "paused_json = ?, health_json = ?, boinc_json = ? WHERE name = ? AND agent_id = ? AND state != 'left'",
                 (time.time(), json.dumps(lost_gpus), agent_state, json.dumps(live), json.dumps(paused),
-                 json.dumps({**health, "failures": mine} if mine else health), name, agent_id))
+                 json.dumps({**health, "failures": mine} if mine else health),
+                 None if boinc is None else json.dumps(boinc), name, agent_id))
         return cur.rowcount == 1
 
     def set_json(self, name: str, column: str, value: dict) -> None:
@@ -184,12 +188,13 @@ class HostRecords:
 
 def _host_row(row: tuple) -> HostRow:
     (name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen,
-     secret_hash, machine, agent_state, live_json, paused_json, health_json, admin_json) = row
+     secret_hash, machine, agent_state, live_json, paused_json, health_json, admin_json, boinc_json) = row
     return HostRow(name=name, agent_id=agent_id, state=state, info=HostInfo.from_dict(json.loads(info_json)),
                    metrics_addr=metrics_addr, ray_node_id=ray_node_id, lost_gpus=json.loads(lost_gpus),
                    joined_at=joined_at, last_seen=last_seen, secret_hash=secret_hash, machine=machine,
                    agent_state=agent_state, live=json.loads(live_json), paused=json.loads(paused_json),
-                   health=json.loads(health_json), admin=json.loads(admin_json))
+                   health=json.loads(health_json), admin=json.loads(admin_json),
+                   boinc=json.loads(boinc_json) if boinc_json else None)
 
 
 def pause_report(value) -> dict:
@@ -317,7 +322,8 @@ class HostsApi:
     def __init__(self, hosts: HostRecords, nodes: RayNodes, epoch: float,
                  running: Callable[[], dict[str, list[str]]], busy: Callable[[], dict[str, int]],
                  on_lost: Callable[[str], None], log: Callable[[str], None], about: dict, loopback: bool,
-                 training: Callable[[], dict[str, int]] = dict):
+                 training: Callable[[], dict[str, int]] = dict, boinc: BoincFleet | None = None):
+        self.boinc = boinc  # the PCs' own BOINC clients: reports in, attach requests out
         self.training = training  # hosts training now: their science steps aside
         self.failures: dict[str, list[float]] = {}  # host -> times its tasks failed lately
         self.hosts = hosts
@@ -360,6 +366,7 @@ class HostsApi:
                 "agent_state": row.agent_state,
                 "running": running.get(row.name, []),
                 "paused": row.paused, "health": row.health, "admin": row.admin,
+                "boinc": row.boinc if row.state == "alive" else None,
                 "blocked": row.blocked() if row.state == "alive" else None,
                 "last_event": next(iter(self.hosts.events(row.name, 1)), None),
                 "ray_labels": {k: v for k, v in (ray_node or {}).get("Labels", {}).items()
@@ -419,19 +426,28 @@ class HostsApi:
             raise ApiError(400, f"state: expected one of {', '.join(AGENT_STATES)}")
         live = live_readings(body.get("gpus", []))
         paused, health = pause_report(body.get("paused")), health_report(body.get("health"))
+        try:
+            boinc = boinc_report(body.get("boinc"))
+        except ReportError as err:
+            raise ApiError(400, str(err)) from None
         before = self.hosts.get(name)
-        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost)), state, live, paused, health):
+        if not self.hosts.heartbeat(name, agent_id_of(body), sorted(set(lost)), state, live, paused, health, boinc):
             raise ApiError(404, f"name: {name!r} is not registered here")
         row = self.hosts.get(name)
         self._changes(before, row)
+        if self.boinc is not None:
+            self.boinc.beat(name, boinc)
         return {"running": self.busy().get(name, 0), "epoch": self.epoch, "directives": self.directives(row)}
 
     def directives(self, row: HostRow) -> dict:
         """What the head asks of an agent: the operator's pauses and drains, that its
         science step aside for training, that it check its health."""
         failures = row.health.get("failures")
-        return {"admin": row.admin, "science_yield": row.name in self.training(),
-                "check_host": bool(failures)}
+        out = {"admin": row.admin, "science_yield": row.name in self.training(), "check_host": bool(failures)}
+        attach = self.boinc.directive(row.name) if self.boinc is not None else []
+        if attach:
+            out["boinc_attach"] = attach
+        return out
 
     def _changes(self, before: HostRow | None, row: HostRow) -> None:
         """Pauses, resumes and health as the agent reports them: logged and kept as events."""

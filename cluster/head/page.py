@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 from . import svg
+from .boincreport import summary as boinc_summary
 
 CONTENT_TYPE = "text/html; charset=utf-8"
 HOT_C = 85.0  # as the SalvageGPUHot alert and the Grafana GPU panels' red
@@ -384,10 +385,11 @@ class StatusPage:
                 else Html('<p class="runs">runs: nothing</p>') if state == "alive" else Html(""))
         reason = h('<p class="reason">{}</p>', n["reason"]) if n.get("reason") else Html("")
         notes = join(h('<p class="note">{}</p>', note) for note in n.get("notes") or [])
+        boinc = h('<p class="runs boinc">BOINC: {}</p>', boinc_summary(n["boinc"])) if n.get("boinc") else Html("")
         return h('<article class="card host state-{state}{hot}" data-host="{name}"><header><h3>{name}</h3>{badges}'
-                 '</header>{reason}<p class="meta">{meta}</p>{gpus}{runs}{notes}</article>',
+                 '</header>{reason}<p class="meta">{meta}</p>{gpus}{runs}{boinc}{notes}</article>',
                  state=state, hot=" has-hot" if hot else "", name=name, badges=join(badges), reason=reason,
-                 meta=join(meta, " · "), gpus=gpus, runs=runs, notes=notes)
+                 meta=join(meta, " · "), gpus=gpus, runs=runs, boinc=boinc, notes=notes)
 
     def _gpu(self, host: str, g: dict, pool_on: dict[str, list[str]]) -> Html:
         index = g.get("index", "?")

@@ -47,6 +47,9 @@ LABEL_VALUES: dict[str, list[str]] = {
     "split": ["train", "val"],
     "worker": ["pc1"],
     "validate_state": ["valid", "invalid"],
+    "mode": ["never", "auto"],
+    "project_url": ["https://boinc.example.org/"],
+    "name": ["Example@home"],
 }
 
 

@@ -15,6 +15,7 @@ import ray
 from jobs.dutycycle import DutyCycle
 from jobs.gpt.config import GPTConfig
 
+from .claims import DeviceClaim
 from .faults import CORRUPT_DELTAS_ENV
 from .pausing import PauseWatch
 
@@ -54,6 +55,8 @@ class PoolWorker:
             self.trainer.sampler.load_state_dict(sampler_state)
         self.val = fixed_batches(self.data.val, self.cfg.model.block_size, t.batch_size, t.eval_iters, t.seed + 1)
         self.pause = PauseWatch.here(device)
+        # Held for the actor's life: its process ends with it, and that releases the claim.
+        self.claim = DeviceClaim.here(device).take()
 
     def info(self) -> dict:
         return {"device": self.trainer.describe(), "n_params": self.trainer.model.num_params(),

@@ -9,6 +9,7 @@ from jobs.dutycycle import DutyCycle
 from jobs.science.runner import run_tasks
 from jobs.science.tasks import Task
 
+from .claims import DeviceClaim
 from .faults import CORRUPT_RESULTS_ENV
 from .pausing import PauseWatch
 
@@ -23,8 +24,10 @@ def run_science_tasks(rows: list[tuple], device: str) -> list[tuple]:
     must step aside (its owner, training needs it), the unit running checkpoints
     and the rest go back unreported, to be sent again."""
     ckpt = os.environ.get(CHECKPOINT_DIR_ENV)
-    reports = run_tasks([Task(*row) for row in rows], device=device,
-                        corrupt=os.environ.get(CORRUPT_RESULTS_ENV) == "1", throttle=DutyCycle.from_env(),
-                        should_stop=PauseWatch.here("gpu0" if device.startswith("cuda") else "cpu", science=True),
-                        checkpoint_dir=Path(ckpt) / "science" if ckpt else None)
+    ours = "gpu0" if device.startswith("cuda") else "cpu"
+    with DeviceClaim.here(ours):
+        reports = run_tasks([Task(*row) for row in rows], device=device,
+                            corrupt=os.environ.get(CORRUPT_RESULTS_ENV) == "1", throttle=DutyCycle.from_env(),
+                            should_stop=PauseWatch.here(ours, science=True),
+                            checkpoint_dir=Path(ckpt) / "science" if ckpt else None)
     return [(r.result_id, r.outcome, r.payload) for r in reports]

@@ -17,6 +17,7 @@ from jobs.dutycycle import DutyCycle
 from jobs.gpt.config import GPTConfig
 from workers.headclient import HeadClient, HeadError, HeadUnreachable
 
+from .claims import DeviceClaim
 from .pausing import PauseWatch
 
 CHECKPOINT_NAME = "ckpt.pt"
@@ -116,6 +117,11 @@ def run_train_job(job_id: int, attempt: int, config: dict, data: str | None, hea
     run, or {"retry": ...} when it should go back to the queue rather than fail:
     its device was paused (it stopped at a checkpoint), or the head could not be
     reached to fetch or take a checkpoint."""
+    with DeviceClaim.here(device):  # the PC's own volunteer client lets go of it now
+        return _train_here(job_id, attempt, config, data, head, device)
+
+
+def _train_here(job_id: int, attempt: int, config: dict, data: str | None, head: dict, device: str) -> dict:
     from jobs.gpt.train import USER_ERRORS, train
 
     workdir = Path(tempfile.mkdtemp(prefix=f"salvage-train-{job_id}-"))
