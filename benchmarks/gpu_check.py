@@ -23,7 +23,7 @@ delta   one pool worker's round (`jobs.gpt.diloco.LocalTrainer.run_round`: same
         |d_dev - d_cpu| / |d_cpu| of the two parameter deltas must stay within
         `delta_bound` (see there for why 2*sqrt(u)).
 lj      one small `lj-md` unit on the device and on the CPU, same params and seed:
-        U/N must agree within COMPARE_SIGMAS (5) combined standard errors, the
+        U/N must agree within COMPARE_SIGMAS combined standard errors, the
         band the science server itself uses to accept two hosts' results, and
         the server's own `compare` (energy and pressure) must accept the pair.
 

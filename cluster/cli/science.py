@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from .common import call, state_dir_option
+from .common import call, head_options, state_dir_option
 from .common import submit as submit_call
 
 # Short names people use on the command line, for the apps' parameters.
@@ -103,23 +104,24 @@ def submit(state_dir, app, grid, sequence, seeds, params_json, quorum, replicas,
 
 
 @science.command()
-@state_dir_option
+@head_options
 @click.argument("batch", type=int, required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def status(state_dir, batch, as_json):
-    """Work units by state, credit by host, ETA; `done` once every unit is final."""
-    reply = call(state_dir, "/api/science/status", {"batch": batch})
+def status(head, batch, as_json):
+    """Work units by state, credit by host, ETA, and why units wait; `done` once
+    every unit is final."""
+    reply = call(head, "/api/science/status", {"batch": batch})
     if as_json:
         click.echo(json.dumps(reply, indent=2))
         return
     console = Console()
     if batch is None:
         table = Table(title="science batches")
-        for col in ("batch", "app", "work units", "done", "error", "state"):
+        for col in ("batch", "app", "work units", "done", "error", "state", "waiting"):
             table.add_column(col)
         for b in reply["batches"]:
             table.add_row(str(b["batch"]), b["app"], str(b["wus"]), str(b["done_wus"]), str(b["error_wus"]),
-                          "done" if b["done"] else "running")
+                          "done" if b["done"] else "running", Text("\n".join(b.get("waiting") or ())))
         console.print(table)
         credit = reply["credit_by_host"]
     else:
@@ -133,6 +135,8 @@ def status(state_dir, batch, as_json):
                       f"{r['client_error']} errors, {r['no_reply']} no reply, {r['in_progress']} out")
         if reply["eta_seconds"] and not reply["done"]:
             console.print(f"ETA {reply['eta_seconds']:.0f} s")
+        for line in reply.get("waiting") or ():
+            console.print(f"waiting: {line}", markup=False)
         credit = reply["credit_by_host"]
     if credit:
         table = Table(title="credit (cobblestones)")

@@ -6,18 +6,24 @@ import io
 from typing import Callable
 
 from cluster.head.http import ApiError, Route, submission_key
+from jobs.science.apps.base import Needs
 
 from .store import ScienceStore
+from .waiting import HostView, Queue, why_waiting
 
 MAX_UNITS_PER_BATCH = 1_000_000
 
 
 class ScienceApi:
+    """`hosts` gives the alive PCs as science sees them, so a batch's status can say
+    why its units wait (`waiting`, one line per reason); without it, it does not."""
+
     def __init__(self, store: ScienceStore, log: Callable[[str], None],
-                 cancel: Callable[[int], dict] | None = None):
+                 cancel: Callable[[int], dict] | None = None, hosts: Callable[[], list[HostView]] | None = None):
         self.store = store
         self.log = log
         self.cancel = cancel or store.cancel  # the dispatcher's, which also stops running tasks
+        self.hosts = hosts
 
     def routes(self) -> dict:
         return {("POST", "/api/science/submit"): Route(self.api_submit),
@@ -56,13 +62,19 @@ class ScienceApi:
 
     def api_status(self, body: dict) -> dict:
         batch = body.get("batch")
+        hosts = self.hosts() if self.hosts else None
         if batch is None:
-            return {"batches": self.store.batches(), "credit_by_host": self.store.credit_by_host(),
+            batches = self.store.batches()
+            if hosts is not None:
+                for b in batches:
+                    b["waiting"] = [] if b["done"] else waiting(self.store.batch_status(b["batch"]), hosts)
+            return {"batches": batches, "credit_by_host": self.store.credit_by_host(),
                     "credit_by_app": self.store.credit_by_app(), "hosts": self.store.host_stats()}
         try:
-            return self.store.batch_status(int(batch))
+            status = self.store.batch_status(int(batch))
         except (KeyError, ValueError, TypeError):
             raise ApiError(404, f"batch: no science batch {batch!r}") from None
+        return status if hosts is None else {**status, "waiting": waiting(status, hosts)}
 
     def api_check(self, _body: dict) -> dict:
         return {"violations": self.store.check_consistency()}
@@ -78,3 +90,10 @@ class ScienceApi:
         out = io.StringIO()
         self.store.export(batch, fmt, out)
         return {"text": out.getvalue(), "done": status["done"]}
+
+
+def waiting(status: dict, hosts: list[HostView]) -> list[str]:
+    """Why a batch's units wait (see `waiting.why_waiting`), from its status."""
+    queue = Queue(unsent=status["results"]["unsent"], quorum=status["quorum"], needs=Needs(**status["needs"]),
+                  done=status["done"])
+    return why_waiting(queue, hosts)

@@ -17,6 +17,7 @@ from workers.tasks.science import run_science_tasks
 
 from .states import GpuCaps, HostCaps
 from .store import ScienceStore
+from .waiting import GpuView, HostView
 
 TASK_SECONDS = 2.0  # aim each Ray task at this long, as a BOINC client sizes its work fetch
 MAX_UNITS = 2000
@@ -48,6 +49,16 @@ def host_caps(row: HostRow) -> HostCaps:
     gpus = [GpuCaps(g.vram_bytes, float(g.compute_capability)) for g in info.gpus if g.index in usable]
     return HostCaps(name=row.name, cpu_only=not gpus, gpus=gpus, speed_gflops=info.speed_gflops,
                     machine=row.machine or row.name)
+
+
+def host_view(row: HostRow, training: bool, reachable: bool) -> HostView:
+    """The host as `waiting` explains it: what keeps it, or any of its GPUs, from science.
+    Science that stepped aside for training counts as training until the agent's next beat."""
+    gpus = tuple(GpuView(g.index, g.name, g.vram_bytes, float(g.compute_capability), row.blocked(g.index))
+                 for g in row.info.gpus)
+    blocked = row.blocked(science=True) or (None if reachable else "its Ray node is not up yet")
+    return HostView(row.name, row.machine or row.name, gpus, blocked,
+                    training or row.paused.get("science") == "preempted")
 
 
 class ScienceDispatch:
@@ -167,6 +178,12 @@ class ScienceDispatch:
         self.log(f"science batch {batch_id} cancelled: {counts['withdrawn']} units withdrawn, "
                  f"{counts['aborted']} copies stopped, {stopped} tasks told to stop")
         return {**counts, "tasks_stopped": stopped}
+
+    def host_views(self) -> list[HostView]:
+        """The alive hosts as science sees them now (read fresh: the API asks rarely)."""
+        training = self.training()
+        return [host_view(r, bool(training.get(r.name)), self.nodes.alive(r.ray_node_id) is not None)
+                for r in self.hosts.alive()]
 
     def running_on(self) -> dict[str, int]:
         """Science tasks out per host."""

@@ -10,6 +10,7 @@ equivalent index_add_ scatters, which dominated the step time.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ class PairList:
     j: torch.Tensor  # the other, same replica; every pair appears once
     scatter: torch.Tensor  # sparse CSR (particles x pairs): +1 at i, -1 at j
     replica: torch.Tensor  # replica of each pair
+    # periodic image of each pair, fixed while the list is valid: nobody moves half a box
+    shift: torch.Tensor
 
 
 def build_pairs(x: torch.Tensor, replicas: int, box: float, r_list: float) -> PairList:
@@ -58,8 +61,10 @@ def build_pairs(x: torch.Tensor, replicas: int, box: float, r_list: float) -> Pa
         i, j = _candidates_cells(x, replicas, box, cells)
     else:
         i, j = _candidates_all(x, replicas)
-    close = _squared(_separation(x, i, j, box)) < r_list * r_list
-    i, j = i[close], j[close]
+    d = x.index_select(0, i).sub_(x.index_select(0, j))
+    shift = torch.round(d * (1.0 / box)).mul_(box)
+    close = _squared(d.sub_(shift)) < r_list * r_list
+    i, j, shift = i[close], j[close], shift[close]
     m = i.numel()
     ends = torch.cat([i, j])
     order = torch.argsort(ends, stable=True)
@@ -70,7 +75,7 @@ def build_pairs(x: torch.Tensor, replicas: int, box: float, r_list: float) -> Pa
     with warnings.catch_warnings():  # "sparse CSR is beta": matrix products are all we use
         warnings.simplefilter("ignore")
         scatter = torch.sparse_csr_tensor(crow, pair_index, signs[order], (total, m))
-    return PairList(i=i, j=j, scatter=scatter, replica=i // n)
+    return PairList(i=i, j=j, scatter=scatter, replica=i // n, shift=shift)
 
 
 def _candidates_all(x: torch.Tensor, replicas: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,68 +85,120 @@ def _candidates_all(x: torch.Tensor, replicas: int) -> tuple[torch.Tensor, torch
     return (tri_i + offsets).reshape(-1), (tri_j + offsets).reshape(-1)
 
 
-def _half_shell(cells: int, device: torch.device) -> torch.Tensor:
-    """(cells**3, 14) ids of each cell itself (column 0) and 13 of its 26 periodic neighbours,
-    one of each opposite pair, so every pair of adjacent cells is visited once."""
+@functools.lru_cache(maxsize=8)
+def _shell(cells: int, device: torch.device, half: bool) -> torch.Tensor:
+    """(cells**3, k) ids of each cell itself (column 0) and its periodic neighbours: all 26
+    (k = 27), or with half=True 13 of them, one of each opposite pair (k = 14), so that every
+    pair of adjacent cells is visited once."""
     c = torch.arange(cells, device=device)
     grid = torch.stack(torch.meshgrid(c, c, c, indexing="ij"), dim=-1).reshape(-1, 1, 3)
-    offsets = [(a, b, d) for a in (-1, 0, 1) for b in (-1, 0, 1) for d in (-1, 0, 1)][13:]
+    offsets = [(a, b, d) for a in (-1, 0, 1) for b in (-1, 0, 1) for d in (-1, 0, 1)]
+    offsets = offsets[13:] if half else [offsets[13]] + offsets[:13] + offsets[14:]
     nb = (grid + torch.tensor(offsets, device=device)).remainder_(cells)
     return (nb[..., 0] * cells + nb[..., 1]) * cells + nb[..., 2]
 
 
-def _candidates_cells(x: torch.Tensor, replicas: int, box: float, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each pair of particles in the same or adjacent cells of a periodic grid, once."""
-    total = x.shape[0]
-    n = total // replicas
-    dev = x.device
-    per_rep = cells**3
+def _cell_of(x: torch.Tensor, box: float, cells: int) -> torch.Tensor:
     coord = torch.floor(x * (cells / box)).long().remainder_(cells)  # positions are not wrapped
-    local = (coord[:, 0] * cells + coord[:, 1]) * cells + coord[:, 2]
-    base = torch.arange(total, device=dev) // n * per_rep
-    cell_id = local + base
+    return (coord[:, 0] * cells + coord[:, 1]) * cells + coord[:, 2]
+
+
+def _binned(x: torch.Tensor, replicas: int, box: float, cells: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Particles sorted by (replica, cell): the order, where each cell's run starts, and each particle's cell."""
+    total = x.shape[0]
+    per_rep = cells**3
+    local = _cell_of(x, box, cells)
+    cell_id = local + torch.arange(total, device=x.device) // (total // replicas) * per_rep
     order = torch.argsort(cell_id)
-    start = torch.zeros(replicas * per_rep + 1, dtype=torch.long, device=dev)
+    start = torch.zeros(replicas * per_rep + 1, dtype=torch.long, device=x.device)
     start[1:] = torch.cumsum(torch.bincount(cell_id, minlength=replicas * per_rep), 0)
-    # index_select rather than tensor[index]: the latter measured several times slower here
-    nb_id = _half_shell(cells, dev).index_select(0, local).add_(base.unsqueeze(1)).reshape(-1)
+    return order, start, local
+
+
+def _expand(order: torch.Tensor, start: torch.Tensor, nb_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For (queries, k) neighbour-cell ids: (segment, particle) for every particle in those cells,
+    segment = query * k + column. One repeat_interleave, the costly op here."""
+    nb_id = nb_id.reshape(-1)
     lo = start.index_select(0, nb_id)
     counts = start.index_select(0, nb_id + 1).sub_(lo)
-    owner = torch.arange(total, device=dev).repeat_interleave(14).repeat_interleave(counts)
-    same_cell = torch.zeros(14, dtype=torch.bool, device=dev)
-    same_cell[0] = True
-    same = same_cell.repeat(total).repeat_interleave(counts)
-    # position of each candidate inside the concatenation of all neighbour-cell ranges
-    first = torch.repeat_interleave(lo - torch.cumsum(counts, 0) + counts, counts)
-    other = order.index_select(0, first + torch.arange(owner.numel(), device=dev))
-    keep = ~same | (owner < other)
+    segment = torch.repeat_interleave(counts)
+    ends = torch.cumsum(counts, 0)
+    within = torch.arange(segment.numel(), device=nb_id.device).sub_((ends - counts).index_select(0, segment))
+    return segment, order.index_select(0, lo.index_select(0, segment).add_(within))
+
+
+def _candidates_cells(x: torch.Tensor, replicas: int, box: float, cells: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair of particles in the same or adjacent cells of a periodic grid, once."""
+    order, start, local = _binned(x, replicas, box, cells)
+    base = torch.arange(x.shape[0], device=x.device) // (x.shape[0] // replicas) * cells**3
+    # index_select rather than tensor[index]: the latter measured several times slower here
+    nb_id = _shell(cells, x.device, True).index_select(0, local).add_(base.unsqueeze(1))
+    segment, other = _expand(order, start, nb_id)
+    owner = segment.div(14, rounding_mode="floor")
+    # column 0 is the particle's own cell: keep each pair there once
+    keep = (segment - owner * 14).ne(0).logical_or_(owner < other)
     return owner[keep], other[keep]
 
 
-def _separation(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, box: float) -> torch.Tensor:
-    d = x.index_select(0, i).sub_(x.index_select(0, j))
-    return d.sub_(torch.round(d * (1.0 / box)).mul_(box))
+def insertion_energy_virial(
+    x: torch.Tensor, replicas: int, box: float, r_cut: float, points: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For test points, (R*m, 3), m per replica: each one's truncated interaction energy with the
+    particles of its replica, and the virial sum r.f of those pairs, as if it were a particle."""
+    total, queries = x.shape[0], points.shape[0]
+    n, m = total // replicas, queries // replicas
+    dev = x.device
+    cells = int(box // r_cut)
+    if cells >= 3:  # 27 distinct neighbour cells
+        order, start, _ = _binned(x, replicas, box, cells)
+        base = torch.arange(queries, device=dev) // m * cells**3
+        nb_id = _shell(cells, dev, False).index_select(0, _cell_of(points, box, cells)).add_(base.unsqueeze(1))
+        segment, other = _expand(order, start, nb_id)
+        query = segment.div(27, rounding_mode="floor")
+    else:
+        query = torch.arange(queries, device=dev).repeat_interleave(n)
+        other = (torch.arange(n, device=dev).repeat(queries) + query // m * n)
+    d = points.index_select(0, query).sub_(x.index_select(0, other))
+    d.sub_(torch.round(d * (1.0 / box)).mul_(box))
+    inv2 = _squared(d).reciprocal_()
+    inv2.masked_fill_(inv2 < 1.0 / (r_cut * r_cut), 0.0)
+    inv6 = inv2 * inv2 * inv2
+    zero = torch.zeros(queries, dtype=x.dtype, device=dev)
+    energy = zero.index_add(0, query, inv6.sub(1.0).mul_(inv6).mul_(4.0))
+    virial = zero.index_add(0, query, inv6.mul(2.0).sub_(1.0).mul_(inv6).mul_(24.0))
+    return energy, virial
+
+
+def _separation(x: torch.Tensor, pairs: PairList) -> torch.Tensor:
+    return x.index_select(0, pairs.i).sub_(x.index_select(0, pairs.j)).sub_(pairs.shift)
 
 
 def _squared(d: torch.Tensor) -> torch.Tensor:
     return d.square() @ torch.ones(3, dtype=d.dtype, device=d.device)  # faster than .sum(1) on (M, 3)
 
 
-def forces(x: torch.Tensor, pairs: PairList, box: float, r_cut: float) -> torch.Tensor:
-    """Forces of the potential truncated at r_cut, shape (R*N, 3)."""
-    d = _separation(x, pairs.i, pairs.j, box)
+def forces_energy_virial(
+    x: torch.Tensor, pairs: PairList, replicas: int, r_cut: float, *, observe: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Forces of the truncated potential, (R*N, 3), and, if `observe`, per replica (R, 2): the
+    truncated (unshifted) potential energy and the virial sum r.f, from the same pair distances."""
+    d = _separation(x, pairs)
     inv2 = _squared(d).reciprocal_()
     inv2.masked_fill_(inv2 < 1.0 / (r_cut * r_cut), 0.0)
     inv6 = inv2 * inv2 * inv2
-    scale = inv6.mul(2.0).sub_(1.0).mul_(inv6).mul_(inv2).mul_(24.0)
-    return pairs.scatter @ d.mul_(scale.unsqueeze(1))
+    virial = inv6.mul(2.0).sub_(1.0).mul_(inv6).mul_(24.0)  # r.f of each pair
+    observed = None
+    if observe:
+        per_pair = torch.stack([inv6.sub(1.0).mul_(inv6).mul_(4.0), virial], dim=1)
+        observed = torch.zeros(replicas, 2, dtype=x.dtype, device=x.device).index_add_(0, pairs.replica, per_pair)
+    return pairs.scatter @ d.mul_(virial.mul_(inv2).unsqueeze(1)), observed
 
 
 def energy_virial(
-    x: torch.Tensor, pairs: PairList, replicas: int, box: float, r_cut: float
+    x: torch.Tensor, pairs: PairList, replicas: int, r_cut: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per replica: truncated (unshifted) potential energy, virial sum r.f, pairs inside r_cut."""
-    inv2 = _squared(_separation(x, pairs.i, pairs.j, box)).reciprocal_()
+    inv2 = _squared(_separation(x, pairs)).reciprocal_()
     inside = inv2 >= 1.0 / (r_cut * r_cut)
     inv2.masked_fill_(~inside, 0.0)
     inv6 = inv2 * inv2 * inv2

@@ -14,6 +14,7 @@ class Noop:
     version = 1
     needs = Needs()
     self_verifying = False
+    default_quorum = 2
     max_result_bytes = 64
 
     def params_schema(self) -> dict[str, str]:
