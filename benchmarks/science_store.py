@@ -40,6 +40,7 @@ class NoopApp:
     version = 1
     needs = _Needs()
     self_verifying = False
+    default_quorum = 2
     max_result_bytes = 1024
 
     def validate_params(self, params: dict) -> dict:

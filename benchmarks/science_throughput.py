@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -20,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "suppo
 from localcluster import LocalCluster  # noqa: E402
 
 
-def ray_tasks_per_s(address: str, n: int) -> float:
+def ray_tasks_per_s(address: str, token: str, n: int) -> float:
+    # The cluster's Ray requires its token; Ray reads it from the environment once, on import.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     import ray
 
     ray.init(address=address, log_to_driver=False, logging_level="ERROR")
@@ -75,7 +78,8 @@ def main() -> None:
             violations = head.post("/api/science/check", {})["violations"]
             print(f"{args.units} work units, quorum 2: {valid} valid results in {elapsed:.2f} s "
                   f"(submit {submitted - start:.2f} s); consistency violations: {len(violations)}")
-            ray_rate = ray_tasks_per_s(f"127.0.0.2:{cluster.ray_port}", args.ray_tasks)
+            ray_rate = ray_tasks_per_s(f"127.0.0.2:{cluster.ray_port}", cluster.token_file.read_text().strip(),
+                                       args.ray_tasks)
         finally:
             cluster.down()
     rate = valid / elapsed

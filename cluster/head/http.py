@@ -25,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable
 
+from .db import locked
 from .files import disk_full
 
 MAX_BODY = 8 * 2**20
@@ -225,6 +226,9 @@ class Handler(BaseHTTPRequestHandler):
             if disk_full(err):
                 self._json(507, {"error": "disk: the head's disk is full; nothing was changed, try again "
                                           "once space is freed"})
+                return
+            if locked(err):  # another process held the database past its busy wait
+                self._json(503, {"error": "database: busy with another writer; nothing was changed, try again"})
                 return
             self.log(f"error serving {method} {path}: {err!r}")
             self.close_connection = True

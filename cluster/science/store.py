@@ -35,11 +35,11 @@ import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator, Sequence
 
-from cluster.head.db import connect, earlier_reply, remember_reply
+from cluster.head.db import connect, durable, earlier_reply, remember_reply
 from jobs.science.apps.base import Needs
 from jobs.science.tasks import Report, Task
 
@@ -222,7 +222,12 @@ class ScienceStore:
         self._lock = threading.RLock()
         self.output_dir = Path(output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.conn = connect(db_path)
+        for stale in self.output_dir.glob("*.tmp"):  # a rewrite a crash cut short; its file is whole
+            stale.unlink(missing_ok=True)
+        # NORMAL: fetches and reports commit many times a second, and losing the last of
+        # them to a power cut only sends their copies out again; what the store
+        # acknowledges to a user (submit, cancel) commits durably (see db.connect).
+        self.conn = connect(db_path, synchronous="NORMAL")
         # This connection does the store's bulk work. A larger WAL lets hot WU and
         # index pages be rewritten in the log many times between checkpoints
         # instead of being copied to the database each time.
@@ -336,7 +341,7 @@ class ScienceStore:
             text = to_json(clean)
             rows.append((text, flops, quorum, target, pol.max_error_results, pol.max_total_results, delay, target))
         needs = app.needs
-        with self._lock, self._tx():
+        with self._lock, durable(self.conn), self._tx():
             earlier = earlier_reply(self.conn, idempotency_key, "science")
             if earlier is not None:
                 return earlier["batch"]
@@ -951,9 +956,10 @@ class ScienceStore:
                 "SELECT n_wu, n_wu_unsent, n_done, n_error, started, finished, created FROM sci_batch WHERE id=?",
                 (batch_id,),
             ).fetchone()
-            unsent = conn.execute(
-                "SELECT coalesce(sum(need), 0) FROM sci_wu WHERE batch_id=? AND need > 0", (batch_id,)
-            ).fetchone()[0]
+            unsent, quorum = conn.execute(
+                "SELECT coalesce(sum(need), 0), coalesce(max(min_quorum), 0) FROM sci_wu WHERE batch_id=? AND need > 0",
+                (batch_id,),
+            ).fetchone()
             errors = {
                 _ERROR_NAMES[e]: n
                 for e, n in conn.execute(
@@ -1005,6 +1011,8 @@ class ScienceStore:
                 "invalid": totals["invalid"],
             },
             "credit_by_host": credit,
+            "needs": asdict(batch.needs),
+            "quorum": quorum,  # of the units that wait to be sent (0: none waits)
             "created": created,
             "started": started,
             "finished": finished,
@@ -1082,7 +1090,7 @@ class ScienceStore:
         now = time.time() if now is None else now
         self._batch(batch_id)
         with self._lock:
-            with self._tx():
+            with durable(self.conn), self._tx():
                 open_wus = {r[0] for r in self.conn.execute(
                     f"SELECT id FROM sci_wu WHERE batch_id=? AND state={_ACTIVE}", (batch_id,))}
                 rows = self._load(open_wus) if open_wus else []

@@ -122,9 +122,9 @@ def test_head_metrics_count_hosts_and_gpus(pool):
 def test_a_second_agent_with_the_same_name_is_refused(pool):
     start = time.monotonic()
     out = salvage("worker", "join", pool.address, "--name", "office", "--simulate-gpus", "",
-                  "--metrics-port", "0", check=False, timeout=60)
+                  "--token-file", str(pool.token_file), "--metrics-port", "0", check=False, timeout=60)
     assert out.returncode != 0
-    assert "already in the cluster" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "belongs to another PC" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert pool.node("office")["state"] == "alive"
     assert time.monotonic() - start < 30
 
