@@ -54,7 +54,7 @@ def main() -> None:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "cluster.cli", "worker", "join", cluster.address, "--name", "bench",
                  "--simulate-gpus", "GTX 1060:3GB:6.1,RTX 3060:12GB:8.6", "--metrics-port", "0",
-                 "--num-cpus", "1", "--log-dir", str(Path(tmp) / "agents")],
+                 "--num-cpus", "1", "--log-dir", str(Path(tmp) / "agents"), "--token-file", str(cluster.token_file)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             cluster.wait_state("bench", "alive", timeout=120)
             join_s = time.monotonic() - t0

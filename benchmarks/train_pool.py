@@ -5,13 +5,16 @@ the traffic/speed frontier, Ray Train's DDP as the peer, and churn.
                                     [--churn worker,power|none]
 
 The pool: a loopback cluster (`salvage cluster up`) and four `salvage worker join`
-PCs, CPU-only with one core each, at `--duty-cycle` 1, 1/2, 1/4 and 1/8: speeds
-1, 1/2, 1/4, 1/8 on 1.875 cores. Everything runs through the real job path
-(`salvage train submit --workers ...`), with the CPU preset on Tiny Shakespeare.
+PCs, CPU-only with one core each, at `--duty-cycle` 0.6, 0.3, 0.15 and 0.075:
+speeds 1, 1/2, 1/4, 1/8 of the fastest, and the whole pool asks for 1.125 of this
+machine's 2 cores, leaving the rest to the head and Ray, so what the figures
+measure is the pool, not PCs fighting over cores (`eta_compute` near 1 shows
+it). Everything runs through the real job path (`salvage train submit
+--workers ...`), with the CPU preset on Tiny Shakespeare.
 
 Measured, in this order, in one run:
-  solo speeds  each PC alone (a one-worker job pinned to it): tokens/s over its
-               rounds after the first.
+  solo speeds  each PC alone at its duty cycle (a one-worker job pinned to it):
+               tokens/s over its rounds after the first.
   T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
                steps, outer step = plain replacement, fp32). L* is its final val
                loss, T1 its wall time to reach L*.
@@ -25,6 +28,14 @@ Measured, in this order, in one run:
                one on the same PC) or its whole PC loses power and restarts two rounds
                later (`churn_power_speedup`). `rounds_out`: how many rounds each lost
                PC did not train.
+               churn_retained: the pool's training rate under churn over the summed
+               solo speeds of the PCs that were powered on, second by second over the
+               rounds after the first (a PC counts from the moment its agent starts
+               again, so its start-up and the round it died in count against the
+               pool); from the worker-kill run, and `churn_power_retained` from the
+               power-cut run. rejoin_s: the median time from a PC's agent starting
+               again to the end of the first round it contributed to (power-cut run);
+               respawn_s the same from a killed worker (worker-kill run).
 
 Times are wall time from the start of a job's first round (workers' start-up left
 out, for the solo run the same way); what happens between rounds is included. Validation loss is measured
@@ -43,14 +54,16 @@ compressed delta up and the compressed change of the global parameters down,
 every round, plus the whole fp32 parameters for each worker that joins late.
 
 The LAST line printed is a JSON object with eta (and its two parts), frontier,
-speedup, speedup_at_400, peer_eta, peer_speedup, churn_speedup, churn_power_speedup
-and the raw figures behind them.
+speedup, speedup_at_400, peer_eta, peer_speedup, churn_retained, rejoin_s,
+churn_speedup (and their power-cut twins) and the raw figures behind them.
+Ctrl-C, SIGTERM or SIGHUP stop the cluster it started.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import signal
 import sqlite3
@@ -77,7 +90,7 @@ from jobs.gpt.outer import allreduce_bytes  # noqa: E402
 from jobs.gpt.train import evaluate  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-POOL = {"w1": 1.0, "w2": 0.5, "w3": 0.25, "w4": 0.125}
+POOL = {"w1": 0.6, "w2": 0.3, "w3": 0.15, "w4": 0.075}  # duty cycles: 1.125 cores asked of 2
 VAL_BATCHES, VAL_SEED = 50, 99
 QUICK = ["n_layer=2", "n_head=2", "n_embd=64", "max_iters=400", "lr_decay_iters=400", "warmup_iters=20"]
 
@@ -171,7 +184,7 @@ class Bench:
 
     def solo_speeds(self) -> dict[str, float]:
         """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
-        steps = {name: max(10, int(150 * duty)) for name, duty in POOL.items()}
+        steps = {name: max(10, int(250 * duty)) for name, duty in POOL.items()}
         return {name: steady_rate(self.wait(self.solo_job(name, n, 5))) for name, n in steps.items()}
 
     def pool_run(self, sync: int, factor: float, codec: str, churn: str = "") -> dict:
@@ -182,7 +195,7 @@ class Bench:
         rounds = self.wait(job, on_round=killer.on_round if killer else None)
         if killer:
             killer.finish()
-        return {"job": job, "rounds": rounds, "kills": killer.log if killer else []}
+        return {"job": job, "rounds": rounds, "kills": killer.log if killer else [], "churn": killer}
 
 
 class Churn:
@@ -206,6 +219,10 @@ class Churn:
         self.rng = random.Random(seed)
         self.alive = {name: name for name in POOL}  # PC -> its current agent name
         self.down: dict[str, int] = {}  # PC -> the round after which it lost power
+        self.on_since: dict[str, float] = dict.fromkeys(POOL, -math.inf)  # PC -> powered on since (time.time())
+        self.powered: dict[str, list[tuple[float, float]]] = {pc: [] for pc in POOL}  # closed on-intervals
+        self.restarts: list[tuple[str, float]] = []  # (agent name, when its agent started)
+        self.respawns: list[tuple[str, float]] = []  # (PC, when its worker was killed)
         self.out: set[str] = set()  # PCs lost and not seen training since
         self.kills = 0
         self.log: list[tuple[int, str]] = []  # (last round seen before the loss, PC)
@@ -223,9 +240,11 @@ class Churn:
             if len(up) > 1 and self.rng.random() < self.rate:
                 pc = self.rng.choice(up)
                 if self.mode == "power":
+                    self.powered[pc].append((self.on_since.pop(pc), time.time()))
                     self.bench.cluster.stop_agent(self.alive[pc], signal.SIGKILL)
                     self.down[pc] = r
                 else:
+                    self.respawns.append((pc, time.time()))
                     self.bench.cluster.kill_training_worker(self.alive[pc])
                 self.out.add(pc)
                 self.kills += 1
@@ -234,11 +253,19 @@ class Churn:
 
     def power_on(self, pc: str) -> None:
         name = f"{pc}-{self.kills}"
+        self.on_since[pc] = time.time()  # from its agent starting: its start-up counts against the pool
+        self.restarts.append((name, self.on_since[pc]))
         self.bench.join(pc, as_name=name)
         self.alive[pc] = name
         del self.down[pc]
 
+    def on_intervals(self) -> dict[str, list[tuple[float, float]]]:
+        """When each PC was powered on, up to now."""
+        return {pc: self.powered[pc] + ([(self.on_since[pc], math.inf)] if pc in self.on_since else [])
+                for pc in POOL}
+
     def finish(self) -> None:
+        self.intervals = self.on_intervals()  # before the PCs still down come back for the next runs
         for pc in list(self.down):
             self.power_on(pc)
         for name in self.alive.values():  # the runs that follow need all four PCs
@@ -248,6 +275,35 @@ class Churn:
 def pc_of(worker: str) -> str:
     """The simulated PC behind a worker key: "w2/cpu" and, after a power cut, "w2-7/cpu"."""
     return worker.split("/")[0].split("-")[0]
+
+
+def powered_solo(t0: float, t1: float, intervals: dict[str, list[tuple[float, float]]],
+                 solo: dict[str, float]) -> float:
+    """Tokens the PCs powered on between t0 and t1 would have trained alone: the
+    integral of their summed solo speeds."""
+    total = 0.0
+    for pc, spans in intervals.items():
+        for start, end in spans:
+            total += solo[pc] * max(0.0, min(t1, end) - max(t0, start))
+    return total
+
+
+def churn_retained(rounds: list[dict], intervals: dict[str, list[tuple[float, float]]],
+                   solo: dict[str, float]) -> float:
+    """The pool's tokens over the rounds after the first, over what its powered-on
+    PCs would have trained alone in those rounds' own time."""
+    tokens = sum(r["tokens"] - p["tokens"] for p, r in zip(rounds, rounds[1:]))
+    could = sum(powered_solo(r["t_wall"] - r["round_s"], r["t_wall"], intervals, solo) for r in rounds[1:])
+    return tokens / could
+
+
+def first_contribution(rounds: list[dict], since: float, worker_prefix: str) -> float | None:
+    """Seconds from `since` to the end of the first round a worker whose key starts
+    with `worker_prefix` contributed to; None if none did before the run ended."""
+    for r in rounds:
+        if r["t_wall"] > since and any(w["worker"].startswith(worker_prefix) for w in r["workers"]):
+            return r["t_wall"] - since
+    return None
 
 
 def rounds_out(rounds: list[dict], kills: list[tuple[int, str]]) -> list[int]:
@@ -431,8 +487,13 @@ def main() -> int:
     state = Path(tempfile.mkdtemp(prefix="salvage-bench-pool-"))
     bench = Bench(state, sets)
     out: dict = {"preset": "shakespeare-char-cpu" + (" (quick)" if args.quick else ""), "pool": POOL}
-    bench.start()
+
+    def interrupted(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally below: the cluster stops
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupted)
     try:
+        bench.start()
         iters = bench.cfg.train.max_iters
         solo = bench.solo_speeds()
         for name, duty in POOL.items():
@@ -483,10 +544,23 @@ def main() -> int:
             key = "churn_speedup" if mode == "worker" else f"churn_{mode}_speedup"
             out[key] = round(t1 / reach, 3) if reach else 0.0
             lost = rounds_out(rs, run["kills"])
+            churn = run["churn"]
+            retained = churn_retained(rs, churn.intervals, solo)
+            if mode == "power":
+                back = [first_contribution(rs, t, f"{name}/") for name, t in churn.restarts]
+                out["churn_power_retained"] = round(retained, 3)
+                out["rejoin_s"] = round(float(np.median([b for b in back if b is not None])), 1) \
+                    if any(b is not None for b in back) else None
+            else:
+                back = [first_contribution(rs, t, f"{pc}/") for pc, t in churn.respawns]
+                out["churn_retained"] = round(retained, 3)
+                out["respawn_s"] = round(float(np.median([b for b in back if b is not None])), 1) \
+                    if any(b is not None for b in back) else None
             # eta_compute falls by what new workers' starts take from the others' cores,
             # eta_rounds by the rounds lost PCs spend out.
             out[f"churn_{mode}"] = {"sync_steps": best["sync_steps"], "final_val": round(final, 4),
-                                    **eta_parts(rs, bench.tps, sum_solo),
+                                    **eta_parts(rs, bench.tps, sum_solo), "retained": round(retained, 3),
+                                    "back_s": [None if b is None else round(b, 1) for b in back],
                                     "kills": run["kills"], "rounds": len(rs), "reached": reach is not None,
                                     "rounds_out": lost, "mean_rounds_out": round(float(np.mean(lost)), 2)
                                     if lost else None}

@@ -10,11 +10,13 @@ from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as models
 from grafana_foundation_sdk.models.prometheus import PromQueryFormat
 
-# deploy/grafana/provisioning/datasources/salvage.yml creates the datasource
-# with this uid; dashboards name it directly because provisioning never
-# fills `__inputs` placeholders.
+# deploy/grafana/provisioning/datasources/salvage.yml creates a datasource with
+# this uid. Dashboards do not name it: each has a `datasource` variable listing
+# every Prometheus datasource (Grafana's default one first), so they also import
+# into an existing Grafana, and provisioning needs no `__inputs` placeholders.
 DATASOURCE_UID = "salvage-prometheus"
-DATASOURCE = models.DataSourceRef(type_val="prometheus", uid=DATASOURCE_UID)
+DATASOURCE_VARIABLE = "datasource"
+DATASOURCE = models.DataSourceRef(type_val="prometheus", uid=f"${{{DATASOURCE_VARIABLE}}}")
 
 Query = prometheus.Dataquery
 
@@ -214,7 +216,13 @@ def label_variable(name: str, label: str, selector: str) -> dash.QueryVariable:
     )
 
 
+def datasource_variable() -> dash.DatasourceVariable:
+    """Which Prometheus the panels ask; every panel and variable names it as `${datasource}`."""
+    return dash.DatasourceVariable(DATASOURCE_VARIABLE).label("Prometheus").type("prometheus")
+
+
 def new_dashboard(uid: str, title: str, description: str) -> dash.Dashboard:
+    """A dashboard whose first variable is the datasource its panels read."""
     return (
         dash.Dashboard(title)
         .uid(uid)
@@ -225,6 +233,7 @@ def new_dashboard(uid: str, title: str, description: str) -> dash.Dashboard:
         .refresh("30s")
         .timezone("browser")
         .tooltip(models.DashboardCursorSync.CROSSHAIR)
+        .with_variable(datasource_variable())
     )
 
 

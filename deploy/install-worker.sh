@@ -1,29 +1,37 @@
 #!/usr/bin/env bash
 # Install the salvage agent on this PC as a systemd service that joins the
-# cluster at ADDRESS with TOKEN on every boot.
+# cluster at ADDRESS on every boot.
 #
-#   sudo deploy/install-worker.sh ADDRESS TOKEN [--name NAME] [--source SRC]
-#                                 [--python PYTHON] [--dry-run]
+#   sudo deploy/install-worker.sh ADDRESS --token-file FILE [--ca-fingerprint FP]
+#                                 [--name NAME] [--source SRC] [--python PYTHON] [--dry-run]
 #
-#   --name NAME      name this PC reports to the head (default: its hostname)
-#   --source SRC     what pip installs: a checkout, a wheel, or a URL
-#                    (default: the checkout this script is in)
-#   --python PYTHON  interpreter for the venv, 3.11 or newer (default: python3)
-#   --dry-run        print what would be written and run; change nothing
+#   ADDRESS              the head's API, HOST:PORT, as its join line shows it
+#   --token-file FILE    the cluster's token: a copy of the head's STATE_DIR/token,
+#                        or - to read it from standard input (never an argument)
+#   --ca-fingerprint FP  the head's CA (sha256:HEX), from its join line; needed for
+#                        a head on a LAN, which speaks only TLS
+#   --name NAME          name this PC reports to the head (default: its hostname)
+#   --source SRC         what pip installs: a checkout, a wheel, or a URL
+#                        (default: the checkout this script is in)
+#   --python PYTHON      interpreter for the venv, 3.11 or newer (default: python3)
+#   --dry-run            print what would be written and run; change nothing
 #
-# The head address and the token go to /etc/salvage/worker.env (mode 600,
-# readable by root only; systemd reads it before dropping to the `salvage`
-# user), so the unit file is the same on every PC.
+# The token goes to /etc/salvage/worker.token (mode 600, owned by the `salvage`
+# user the agent runs as), the head's address and fingerprint to
+# /etc/salvage/worker.env, so the unit file is the same on every PC and the
+# token is never on a command line, where any user of the PC could read it.
 set -euo pipefail
 
 readonly VENV=/opt/salvage/venv
 readonly ENV_FILE=/etc/salvage/worker.env
+readonly TOKEN_FILE=/etc/salvage/worker.token
 readonly UNIT_FILE=/etc/systemd/system/salvage-worker.service
 readonly SERVICE_USER=salvage
 readonly STATE_DIR=/var/lib/salvage
+readonly MIN_TOKEN_CHARS=32
 
 usage() {
-    sed -n '2,16s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,23s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 
@@ -37,8 +45,14 @@ die() {
 unit_text() {
     cat <<'UNIT'
 # The salvage agent on a volunteer PC: joins the cluster, runs work, exports
-# metrics. Installed by deploy/install-worker.sh, which writes the head
-# address and join token to /etc/salvage/worker.env (mode 600, root only).
+# metrics. Installed by deploy/install-worker.sh, which writes the head's
+# address and CA fingerprint to /etc/salvage/worker.env and the cluster's
+# token to /etc/salvage/worker.token (mode 600, owned by the salvage user):
+# the token never appears on a command line.
+#
+# Every `salvage worker join` option can be set in worker.env as
+# SALVAGE_<OPTION> (see `salvage worker join --help`), the head's address as
+# SALVAGE_HEAD; deploy/systemd/worker.env is an example.
 [Unit]
 Description=salvage worker (volunteer compute agent)
 After=network-online.target
@@ -48,11 +62,12 @@ Wants=network-online.target
 Type=simple
 User=salvage
 Group=salvage
-EnvironmentFile=/etc/salvage/worker.env
 Environment=HOME=/var/lib/salvage
+Environment=SALVAGE_TOKEN_FILE=/etc/salvage/worker.token
+EnvironmentFile=/etc/salvage/worker.env
 StateDirectory=salvage
 WorkingDirectory=/var/lib/salvage
-ExecStart=/opt/salvage/venv/bin/salvage worker join ${SALVAGE_HEAD_ADDRESS} $SALVAGE_WORKER_ARGS
+ExecStart=/opt/salvage/venv/bin/salvage worker join
 Restart=on-failure
 RestartSec=10
 # The owner's own programs come first on a donated PC.
@@ -64,17 +79,6 @@ TimeoutStopSec=60
 [Install]
 WantedBy=multi-user.target
 UNIT
-}
-
-env_text() {
-    local address=$1 token=$2 name=$3
-    echo "SALVAGE_HEAD_ADDRESS=$address"
-    echo "SALVAGE_TOKEN=$token"
-    if [[ -n $name ]]; then
-        echo "SALVAGE_WORKER_ARGS=--name $name"
-    else
-        echo "SALVAGE_WORKER_ARGS="
-    fi
 }
 
 dry_run=0
@@ -90,50 +94,91 @@ run() {
     fi
 }
 
-# write_file PATH MODE: write stdin to PATH with MODE, never leaving it
-# readable by others in between (the env file holds the token).
+# write_file PATH MODE [OWNER] [SECRET]: write stdin to PATH with MODE (and
+# OWNER), never leaving it readable by others in between. A dry run shows
+# the content, unless SECRET is set: then only its length.
 write_file() {
-    local path=$1 mode=$2 content
+    local path=$1 mode=$2 owner=${3:-root} secret=${4:-} content
     content=$(cat)
     if ((dry_run)); then
-        printf 'would write %s (mode %s):\n%s\n' "$path" "$mode" "$content"
+        printf 'would write %s (mode %s, owner %s):\n' "$path" "$mode" "$owner"
+        if [[ -n $secret ]]; then
+            printf '<%s: %d characters, not shown>\n' "$secret" "${#content}"
+        else
+            printf '%s\n' "$content"
+        fi
         return
     fi
     install -d -m 755 "$(dirname "$path")"
     local tmp
     tmp=$(mktemp "$path.XXXXXX")
     chmod "$mode" "$tmp"
+    chown "$owner:" "$tmp"
     printf '%s\n' "$content" >"$tmp"
     mv -f "$tmp" "$path"
 }
 
+# read_token FILE: the token in FILE (- for standard input), first line, trimmed.
+read_token() {
+    local file=$1 token
+    if [[ $file == - ]]; then
+        IFS= read -r token || [[ -n ${token:-} ]] || die "--token-file: nothing on standard input"
+    else
+        [[ -r $file ]] || die "--token-file: cannot read '$file'"
+        IFS= read -r token <"$file" || [[ -n ${token:-} ]] || die "--token-file: '$file' is empty"
+    fi
+    token=${token//[[:space:]]/}
+    if ((${#token} < MIN_TOKEN_CHARS)) || [[ ! $token =~ ^[A-Za-z0-9._~+/=-]+$ ]]; then
+        die "--token-file: expected the cluster's token (one word of at least $MIN_TOKEN_CHARS letters, digits or ._~+/=-), as in the head's STATE_DIR/token"
+    fi
+    printf '%s' "$token"
+}
+
+env_text() {
+    local address=$1 fingerprint=$2 name=$3
+    echo "# Written by install-worker.sh; any \`salvage worker join\` option may be added as SALVAGE_<OPTION>."
+    echo "SALVAGE_HEAD=$address"
+    if [[ -n $fingerprint ]]; then
+        echo "SALVAGE_CA_FINGERPRINT=$fingerprint"
+    fi
+    if [[ -n $name ]]; then
+        echo "SALVAGE_NAME=$name"
+    fi
+}
+
 main() {
-    local address="" token="" name="" source="" python=python3
+    local address="" token_file="" fingerprint="" name="" source="" python=python3
     local -a positional=()
     while (($#)); do
         case $1 in
+            --token-file) (($# >= 2)) || die "--token-file: expected a file (or - for standard input)"; token_file=$2; shift 2 ;;
+            --ca-fingerprint) (($# >= 2)) || die "--ca-fingerprint: expected a value"; fingerprint=$2; shift 2 ;;
             --name) (($# >= 2)) || die "--name: expected a value"; name=$2; shift 2 ;;
             --source) (($# >= 2)) || die "--source: expected a value"; source=$2; shift 2 ;;
             --python) (($# >= 2)) || die "--python: expected a value"; python=$2; shift 2 ;;
             --dry-run) dry_run=1; shift ;;
             -h | --help) usage ;;
-            -*) die "$1: unknown option (expected --name, --source, --python or --dry-run)" ;;
+            -) positional+=("$1"); shift ;;
+            -*) die "$1: unknown option (expected --token-file, --ca-fingerprint, --name, --source, --python or --dry-run)" ;;
             *) positional+=("$1"); shift ;;
         esac
     done
-    ((${#positional[@]} == 2)) || die "expected ADDRESS and TOKEN, got ${#positional[@]} arguments (see --help)"
+    ((${#positional[@]} == 1)) \
+        || die "expected one ADDRESS (the token comes in --token-file, never as an argument), got ${#positional[@]} arguments (see --help)"
     address=${positional[0]}
-    token=${positional[1]}
+    [[ -n $token_file ]] || die "--token-file: expected a copy of the head's STATE_DIR/token (or - to read it from standard input)"
 
-    # Values end up in an EnvironmentFile and on a command line: keep them
-    # to characters that need no quoting in either.
+    # Values end up in an EnvironmentFile: keep them to characters that need
+    # no quoting there.
     local address_re='^[][A-Za-z0-9.:_-]+:[0-9]+$'
     [[ $address =~ $address_re ]] \
-        || die "ADDRESS: expected HOST:PORT, got '$address'"
-    [[ $token =~ ^[A-Za-z0-9._~+/=-]+$ ]] \
-        || die "TOKEN: expected letters, digits or ._~+/=- only"
+        || die "ADDRESS: expected HOST:PORT of the head's API (e.g. 192.168.1.10:8470), got '$address'"
+    [[ -z $fingerprint || $fingerprint =~ ^sha256:[0-9a-fA-F]{64}$ ]] \
+        || die "--ca-fingerprint: expected sha256: and 64 hex digits, as the head's join line shows"
     [[ -z $name || $name =~ ^[A-Za-z0-9._-]+$ ]] \
         || die "--name: expected letters, digits or ._- only, got '$name'"
+    local token
+    token=$(read_token "$token_file")
 
     if [[ -z $source ]]; then
         local repo
@@ -155,7 +200,8 @@ main() {
     fi
     run "$python" -m venv "$VENV"
     run "$VENV/bin/pip" install --upgrade "$source"
-    env_text "$address" "$token" "$name" | write_file "$ENV_FILE" 600
+    printf '%s' "$token" | write_file "$TOKEN_FILE" 600 "$SERVICE_USER" "the cluster's token"
+    env_text "$address" "$fingerprint" "$name" | write_file "$ENV_FILE" 644
     unit_text | write_file "$UNIT_FILE" 644
     run systemctl daemon-reload
     run systemctl enable salvage-worker.service

@@ -31,7 +31,7 @@ from .host import Poll, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
 from .pauses import Pauses
 from .policy import Policy
-from .raynode import NO_LOG_MONITOR, RayNode, node_ports_args, ray_env, start_lock
+from .raynode import NO_LOG_MONITOR, NodePorts, RayNode, node_ports_args, ray_env, start_lock
 from .records import MAX_TEXT, NAME_RE, GpuSample, HostInfo
 from .tasks.claims import CLAIMS_DIR_ENV, claimed
 from .tasks.pausing import PAUSE_FILE_ENV
@@ -78,6 +78,7 @@ class AgentConfig:
     log_dir: Path = field(default_factory=lambda: Path.home() / ".salvage" / "agent")
     ray_env: dict[str, str] = field(default_factory=dict)
     boinc: BoincLink | None = None
+    ray_ports: NodePorts = field(default_factory=NodePorts)  # `worker join --node-manager-port`...
 
 
 def sanitize_label(value: str) -> str:
@@ -267,7 +268,7 @@ class Agent:
             "--address", cluster["ray_address"], "--node-ip-address", ip,
             "--num-cpus", str(info.cpu_cores), "--num-gpus", str(len(info.gpus)),
             "--labels", ",".join(f"{k}={v}" for k, v in labels.items()),
-            *node_ports_args(ip), *NO_LOG_MONITOR,
+            *node_ports_args(ip, self.config.ray_ports), *NO_LOG_MONITOR,
         ]
         store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
         if store:

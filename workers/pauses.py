@@ -111,7 +111,7 @@ class Pauses:
         except PolicyError as err:
             self.say(f"note: {err}; the policy in force stays")
             return
-        self.engine = PolicyState(policy)
+        self.engine = self.engine.reloaded(policy)
         self.say(f"policy reloaded from {self.policy_file}")
 
     def update(self, poll: Poll | None, now: float | None = None) -> bool:

@@ -224,6 +224,13 @@ class PolicyState:
         self.cpu_busy = False
         self.cpu_since: float | None = None  # when others' use first crossed the mark we are watching
 
+    def reloaded(self, policy: Policy) -> PolicyState:
+        """The same memory under the owner's new policy: a GPU paused hot stays paused
+        until it cools below the (new) lower mark, and the CPU's hold keeps its clock."""
+        state = PolicyState(policy)
+        state.hot, state.cpu_busy, state.cpu_since = set(self.hot), self.cpu_busy, self.cpu_since
+        return state
+
     def decide(self, r: Readings) -> Decision:
         p = self.policy
         host: list[tuple[str, str]] = []

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
@@ -97,13 +98,83 @@ def port_in_use(host: str, port: int) -> bool:
 NO_LOG_MONITOR = ["--include-log-monitor", "false"]
 
 
-def node_ports_args(ip: str) -> list[str]:
-    """Explicit free ports for each node's services, so several nodes (or
-    clusters) can start at once on one machine: some defaults are fixed
-    numbers, and Ray's own pick races when nodes start together."""
-    flags = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
-             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
-    return [str(x) for pair in zip(flags, free_ports(len(flags), ip)) for x in pair]
+@dataclass(frozen=True)
+class NodePorts:
+    """The ports one Ray node listens on, as `ray start` names them (`--node-manager-port`...).
+    None: the role's default on a LAN address, any free port on loopback (several nodes
+    share one machine there); 0: any free port."""
+
+    node_manager: int | None = None  # other nodes ask this node's raylet for workers
+    object_manager: int | None = None  # objects move between nodes
+    metrics_export: int | None = None  # Prometheus on the head scrapes Ray's own metrics
+    dashboard_agent_grpc: int | None = None  # the head's Ray dashboard asks the node
+    dashboard_agent_listen: int | None = None  # its HTTP side, for the head's Ray dashboard
+    runtime_env_agent: int | None = None  # this node's raylet only
+    min_worker: int | None = None  # the range its worker processes bind in: every other node
+    max_worker: int | None = None  # and the head's driver call them directly
+
+    def resolved(self, defaults: NodePorts, loopback: bool) -> NodePorts:
+        """Every None replaced: with the default on a LAN address, with 0 on loopback
+        (the worker port range keeps Ray's default there too)."""
+        chosen = {}
+        for name, value in asdict(self).items():
+            if value is None:
+                value = getattr(defaults, name) if not loopback or name in WORKER_RANGE else 0
+            chosen[name] = value
+        return NodePorts(**chosen)
+
+    def check(self) -> None:
+        """ValueError naming the flag, one line, unless these ports make a node Ray can start
+        (call on resolved ports)."""
+        for name, value in asdict(self).items():
+            if not 0 <= value < 65536:
+                raise ValueError(f"{port_flag(name)}: expected 1-65535 (0: any free port), got {value}")
+        if not 1024 <= self.min_worker < self.max_worker < 65536:
+            raise ValueError(f"min-worker-port, max-worker-port: expected 1024 <= min < max <= 65535, "
+                             f"got {self.min_worker}-{self.max_worker}")
+        seen: dict[int, str] = {}
+        for name in SERVICE_PORTS:
+            value = getattr(self, name)
+            if self.min_worker <= value <= self.max_worker:
+                raise ValueError(f"{port_flag(name)}: {value} lies in the worker port range "
+                                 f"{self.min_worker}-{self.max_worker}; pick one outside it")
+            if value and value in seen:
+                raise ValueError(f"{port_flag(name)}: {value} is also the {port_flag(seen[value])}")
+            seen[value] = name
+
+    def fixed(self) -> dict[str, int]:
+        """Flag -> port for the service ports chosen in advance (not 0)."""
+        return {port_flag(name): getattr(self, name) for name in SERVICE_PORTS if getattr(self, name)}
+
+
+SERVICE_PORTS = ("node_manager", "object_manager", "metrics_export", "dashboard_agent_grpc",
+                 "dashboard_agent_listen", "runtime_env_agent")
+WORKER_RANGE = ("min_worker", "max_worker")
+# The head's node and a PC's get different defaults, so the head's machine can run an agent
+# too; the worker range is Ray's own (10002-19999), which nodes on one machine share.
+HEAD_NODE_PORTS = NodePorts(6370, 6371, 6372, 6373, 6374, 6375, 10002, 19999)
+PC_NODE_PORTS = NodePorts(6380, 6381, 6382, 6383, 6384, 6385, 10002, 19999)
+
+
+def port_flag(name: str) -> str:
+    """`node_manager` -> `node-manager-port`: the option's name in salvage and in `ray start`."""
+    return name.replace("_", "-") + "-port"
+
+
+def is_loopback(ip: str) -> bool:
+    return ip.startswith("127.")
+
+
+def node_ports_args(ip: str, ports: NodePorts | None = None, defaults: NodePorts = PC_NODE_PORTS) -> list[str]:
+    """`ray start` flags for every port of a node at `ip`: the ones given, else the
+    defaults on a LAN (so a firewall can name them), else free ones on loopback,
+    picked together so several nodes (or clusters) can start at once on one machine."""
+    chosen = (ports or NodePorts()).resolved(defaults, is_loopback(ip))
+    free = iter(free_ports(sum(1 for name in SERVICE_PORTS if not getattr(chosen, name)), ip))
+    args = []
+    for name, value in asdict(chosen).items():
+        args += [f"--{port_flag(name)}", str(value or next(free))]
+    return args
 
 
 def ray_env(token: str | None, extra: dict[str, str] | None = None) -> dict[str, str]:

@@ -17,14 +17,19 @@ from .worker import worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="salvage-cluster", prog_name="salvage", message="%(prog)s %(version)s")
 def main():
     """salvage: run a volunteer compute cluster of recycled PCs.
 
     \b
     On the head:   salvage cluster up            (prints the join line)
     On each PC:    salvage worker join HEAD:PORT
-    Anywhere:      salvage cluster status
+    Anywhere:      salvage cluster status [--head HOST:PORT --token-file FILE]
     Try it all on this machine: salvage demo
+
+    \b
+    Shell completion (bash; zsh and fish alike):
+      eval "$(_SALVAGE_COMPLETE=bash_source salvage)"
     """
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .common import call, get, state_dir_option
+from .common import call, get, head_options, state_dir_option
 
 
 @click.group()
@@ -25,15 +25,15 @@ def boinc():
 
 
 @boinc.command()
-@state_dir_option
+@head_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with key `hosts`.")
-def status(state_dir, as_json):
+def status(head, as_json):
     """Every alive PC's BOINC client: projects, tasks running, credit, and what salvage holds."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    data = get(state_dir, "/api/boinc/status")
+    data = get(head, "/api/boinc/status")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -8,13 +8,17 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
+import yaml
 
-from cluster.head import alertmanager
+from cluster.head import alertmanager, grafana
 from cluster.head.prometheus import DEPLOY, PrometheusError, command
 from cluster.head.state import (
+    DEFAULT_DASHBOARD_PORT,
     DEFAULT_HTTP_PORT,
+    DEFAULT_RAY_CLIENT_PORT,
     DEFAULT_RAY_PORT,
     LOOPBACK,
     HeadConfig,
@@ -22,9 +26,9 @@ from cluster.head.state import (
     StateError,
 )
 from workers.headclient import HeadClient, HeadError, HeadUnreachable, fingerprint
-from workers.raynode import free_ports, port_in_use
+from workers.raynode import HEAD_NODE_PORTS, free_ports, is_loopback, port_in_use
 
-from .common import head_client, state_dir_option, state_of
+from .common import env_option, get, head_options, node_port_options, state_dir_option, state_of
 from .status_table import render_status
 
 UP_TIMEOUT_S = 200.0  # a slow `ray start --head` may be retried once
@@ -37,28 +41,38 @@ def cluster():
 
 @cluster.command()
 @state_dir_option
-@click.option("--host", default=None,
-              help="Address to listen on for PCs on your LAN: the API then speaks TLS with a CA the head "
-                   "makes, and /metrics needs the token too. Without it the cluster stays on loopback, "
-                   "for one machine. Either way every request needs the cluster's token.")
-@click.option("--port", type=int, default=DEFAULT_RAY_PORT, show_default=True, help="Ray head (GCS) port.")
-@click.option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
-              help="Port of the head's API, /metrics and Prometheus service discovery.")
-@click.option("--prometheus", "with_prometheus", is_flag=True,
-              help="Also run a local Prometheus with deploy/prometheus's config and alerts.")
-@click.option("--prometheus-port", type=int, default=9090, show_default=True, help="Where that Prometheus listens.")
-@click.option("--alertmanager", "with_alertmanager", is_flag=True,
-              help="Also run Alertmanager (Debian's prometheus-alertmanager) so the alert rules reach someone; "
-                   "implies --prometheus.")
-@click.option("--alertmanager-port", type=int, default=alertmanager.DEFAULT_PORT, show_default=True,
-              help="Where Alertmanager listens (on this machine's loopback only).")
-@click.option("--alert-webhook", default=None, metavar="URL",
-              help="Where alerts are sent (a webhook receiving Alertmanager's JSON); kept in "
-                   "STATE_DIR/alertmanager/alertmanager.yml (mode 600), which may be edited for e-mail.")
-@click.option("--foreground", is_flag=True, help="Run the coordinator in this process (for systemd).")
-def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, with_alertmanager, alertmanager_port,
-       alert_webhook, foreground):
-    """Start the Ray head and the coordinator, and print the join line for PCs."""
+@env_option("--host", default=None,
+            help="Address to listen on for PCs on your LAN: the API then speaks TLS with a CA the head "
+                 "makes, and /metrics needs the token too. Without it the cluster stays on loopback, "
+                 "for one machine. Either way every request needs the cluster's token.")
+@env_option("--port", type=int, default=DEFAULT_RAY_PORT, show_default=True, help="Ray head (GCS) port.")
+@env_option("--http-port", type=int, default=DEFAULT_HTTP_PORT, show_default=True,
+            help="Port of the head's API, its status page, /metrics and Prometheus service discovery.")
+@env_option("--dashboard-port", type=int, default=None, metavar="PORT",
+            help=f"Ray's dashboard [default: {DEFAULT_DASHBOARD_PORT}; on loopback any free port].")
+@env_option("--ray-client-server-port", type=int, default=None, metavar="PORT",
+            help=f"Ray's client server (ray://) [default: {DEFAULT_RAY_CLIENT_PORT}; on loopback any free port].")
+@node_port_options(HEAD_NODE_PORTS, "the head")
+@env_option("--prometheus", "with_prometheus", is_flag=True,
+            help="Also run a local Prometheus with the shipped config and alerts, pointed at this head, "
+                 "and write Grafana provisioning for it in STATE_DIR/grafana.")
+@env_option("--prometheus-port", type=int, default=9090, show_default=True, help="Where that Prometheus listens.")
+@env_option("--alertmanager", "with_alertmanager", is_flag=True,
+            help="Also run Alertmanager (Debian's prometheus-alertmanager) so the alert rules reach someone; "
+                 "implies --prometheus.")
+@env_option("--alertmanager-port", type=int, default=alertmanager.DEFAULT_PORT, show_default=True,
+            help="Where Alertmanager listens (on this machine's loopback only).")
+@env_option("--alert-webhook", default=None, metavar="URL",
+            help="Where alerts are sent (a webhook receiving Alertmanager's JSON); kept in "
+                 "STATE_DIR/alertmanager/alertmanager.yml (mode 600), which may be edited for e-mail.")
+@env_option("--foreground", is_flag=True, help="Run the coordinator in this process (for systemd).")
+def up(state_dir, host, port, http_port, dashboard_port, ray_client_server_port, ray_ports, with_prometheus,
+       prometheus_port, with_alertmanager, alertmanager_port, alert_webhook, foreground):
+    """Start the Ray head and the coordinator, and print the join line for PCs.
+
+    Every option may also come from the environment ([env: ...] below), as a
+    systemd unit's EnvironmentFile sets them.
+    """
     os.umask(0o077)  # the state dir holds the token, the database and the logs: the owner's alone
     state = state_of(state_dir)
     try:
@@ -77,7 +91,19 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, with_
         socket.inet_aton(bind)
     except OSError:
         raise click.ClickException(f"host: expected an IPv4 address of this machine, got {bind!r}") from None
-    checked = [("port", port), ("http-port", http_port)]
+    loopback = is_loopback(bind)  # several clusters may share this machine: Ray's own ports are picked free
+    node_ports = ray_ports.resolved(HEAD_NODE_PORTS, loopback)
+    try:
+        node_ports.check()
+    except ValueError as err:
+        raise click.ClickException(str(err)) from None
+    if dashboard_port is None:
+        dashboard_port = 0 if loopback else DEFAULT_DASHBOARD_PORT
+    if ray_client_server_port is None:
+        ray_client_server_port = 0 if loopback else DEFAULT_RAY_CLIENT_PORT
+    ray_extra = {"dashboard-port": dashboard_port, "ray-client-server-port": ray_client_server_port}
+    checked = [("port", port), ("http-port", http_port), *((f, p) for f, p in ray_extra.items() if p),
+               *node_ports.fixed().items()]  # 0: picked free below
     if alert_webhook and not with_alertmanager:
         raise click.ClickException("alert-webhook: needs --alertmanager")
     with_prometheus = with_prometheus or with_alertmanager
@@ -85,12 +111,14 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, with_
         am_dir = state.path / "alertmanager"
         try:
             alertmanager.binary()
-            if alert_webhook or not (am_dir / "alertmanager.yml").exists():
+            # Written once, then the operator's (an e-mail receiver, say): a unit's env file passes the same
+            # --alert-webhook at every start, and only a new URL writes it afresh from the template.
+            config_file = am_dir / "alertmanager.yml"
+            if not config_file.exists() or (alert_webhook and alert_webhook != _webhook_in(config_file)):
                 alertmanager.write_config(am_dir, alert_webhook)
         except alertmanager.AlertmanagerError as err:
             raise click.ClickException(str(err)) from None
     if with_prometheus:
-
         try:
             command(DEPLOY / "prometheus.yml", state.path, "")  # the binary is there
         except PrometheusError as err:
@@ -105,20 +133,26 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, with_
             raise click.ClickException(f"{flag}: expected 1-65535, got {p}")
         if port_in_use(where, p):
             raise click.ClickException(f"{flag}: {where}:{p} is already in use (pick another with --{flag})")
-    dashboard_port, client_port = free_ports(2, bind)
-    config = HeadConfig(host=bind, ray_port=port, http_port=http_port, dashboard_port=dashboard_port,
-                        client_port=client_port, lan=host is not None,
+    free = iter(free_ports(2, bind))
+    config = HeadConfig(host=bind, ray_port=port, http_port=http_port, dashboard_port=dashboard_port or next(free),
+                        client_port=ray_client_server_port or next(free), lan=host is not None,
                         prometheus_port=prometheus_port if with_prometheus else None,
-                        alertmanager_port=alertmanager_port if with_alertmanager else None)
+                        alertmanager_port=alertmanager_port if with_alertmanager else None, node_ports=node_ports)
     ca = None
     if config.lan:
         from cluster.head import tls  # the cryptography package, for LAN heads only
 
         ca = tls.ensure(state.tls_dir, bind).ca
     state.write_head(config)
+    if config.prometheus_port:
+        grafana.write_provisioning(state.path / "grafana" / "provisioning",
+                                   f"http://{config.prometheus_host}:{config.prometheus_port}")
     # -P: never the caller's directory on the import path (a stray .py there would be imported).
     coordinator = [sys.executable, "-P", "-m", "cluster.head", "--state-dir", str(state.path)]
-    if foreground:  # systemd's unit: this process becomes the coordinator
+    if foreground:  # systemd's unit: this process becomes the coordinator; its journal shows how to join
+        click.echo(f"starting the head: API {config.api_address}, Ray {config.ray_address}, state {state.path}")
+        _print_lan_ports(config)
+        _print_join(state, config)
         sys.stdout.flush()
         os.execv(sys.executable, coordinator)
     started = time.monotonic()
@@ -145,11 +179,32 @@ def up(state_dir, host, port, http_port, with_prometheus, prometheus_port, with_
     click.echo(f"state: {state.path}")
     if config.prometheus_port:
         click.echo(f"Prometheus on http://{config.prometheus_host}:{config.prometheus_port} "
-                   f"(config and alerts from deploy/prometheus, data in {state.path / 'prometheus'})")
+                   f"(config, alerts and data in {state.path / 'prometheus'}; "
+                   f"Grafana provisioning for it in {state.path / 'grafana' / 'provisioning'})")
     if config.alertmanager_port:
         click.echo(f"Alertmanager on http://{alertmanager.LISTEN_HOST}:{config.alertmanager_port} "
                    f"(receivers in {state.path / 'alertmanager' / 'alertmanager.yml'})")
+    _print_lan_ports(config)
     _print_join(state, config)
+
+
+def _webhook_in(path: Path) -> str | None:
+    """The webhook URL Alertmanager's configuration at `path` sends to (None if it names none)."""
+    try:
+        config = yaml.safe_load(path.read_text())
+        receiver = next(r for r in config["receivers"] if r["name"] == alertmanager.WEBHOOK_RECEIVER)
+        return receiver["webhook_configs"][0]["url"]
+    except (OSError, yaml.YAMLError, KeyError, IndexError, TypeError, StopIteration):
+        return None
+
+
+def _print_lan_ports(config: HeadConfig) -> None:
+    """What a firewall on the head must let the PCs reach (docs/operator.md has the whole table)."""
+    if not config.lan or is_loopback(config.host):
+        return
+    n = config.node_ports
+    click.echo(f"PCs reach this head on TCP ports {config.ray_port}, {config.http_port}, {n.node_manager}, "
+               f"{n.object_manager} and {n.min_worker}-{n.max_worker}; open them to your LAN only")
 
 
 def _print_join(state: StateDir, config: HeadConfig) -> None:
@@ -188,15 +243,15 @@ def down(state_dir, timeout):
 
 
 @cluster.command()
-@state_dir_option
+@head_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with key `nodes`.")
-def status(state_dir, as_json):
-    """Who is in the cluster, with what hardware, in what state."""
-    client, _ = head_client(state_of(state_dir))
-    try:
-        data = client.get("/api/status")
-    except (HeadError, HeadUnreachable) as err:
-        raise click.ClickException(f"head: {err}") from None
+def status(head, as_json):
+    """Who is in the cluster, with what hardware, in what state.
+
+    On the head it asks the cluster running from --state-dir; from anywhere
+    else, give --head HOST:PORT with the token (and --ca-fingerprint on a LAN).
+    """
+    data = get(head, "/api/status")
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 import tomllib
 from pathlib import Path
@@ -11,7 +12,7 @@ import click
 from cluster.train.options import PoolOptionError, PoolOptions
 from jobs.gpt.config import ConfigError, load_config
 
-from .common import call, state_dir_option, state_of
+from .common import call, head_options, state_dir_option, state_of
 from .common import submit as submit_call
 
 
@@ -119,11 +120,11 @@ def submit(state_dir, preset, data, config_file, sets, workers, sync_steps, code
 
 
 @train.command(name="list")
-@state_dir_option
+@head_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def list_jobs(state_dir, as_json):
+def list_jobs(head, as_json):
     """Training jobs, newest last."""
-    jobs = call(state_dir, "/api/train/list", {})["jobs"]
+    jobs = call(head, "/api/train/list", {})["jobs"]
     if as_json:
         click.echo(json.dumps(jobs, indent=2))
         return
@@ -174,26 +175,40 @@ def _round_lines(stamp: str, d: dict) -> str:
 
 
 @train.command()
-@state_dir_option
+@head_options
 @click.argument("job", type=int)
-@click.option("-f", "--follow", is_flag=True, help="Keep showing progress (with a live bar) until the job ends.")
-def logs(state_dir, job, follow):
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep showing progress (with a live bar) until the job ends; then exit 0 if it is done, "
+                   "1 if it failed or was stopped.")
+def logs(head, job, follow):
     """A job's log: iteration, train/val loss, tokens/s, ETA."""
-    reply = call(state_dir, "/api/train/logs", {"job": job})
+    reply = call(head, "/api/train/logs", {"job": job})
     for e in reply["entries"]:
         click.echo(_line(e))
     last = reply["entries"][-1]["seq"] if reply["entries"] else 0
-    if not follow or reply["state"] in ("done", "failed", "stopped"):
+    if not follow:
         if reply["state"] in ("queued",):
             click.echo("state: queued (waiting for a PC whose device fits the model)")
         return
+    if reply["state"] not in FINAL_STATES:
+        reply = _follow(head, job, reply, last)
+    click.echo(f"job {job} {reply['state']}" + (f": {reply['error']}" if reply.get("error") else ""))
+    if reply["state"] != "done":  # a script waiting on the job learns how it ended
+        sys.exit(1)
+
+
+FINAL_STATES = ("done", "failed", "stopped")
+
+
+def _follow(head, job: int, reply: dict, last: int) -> dict:
+    """Show the job's new entries with a live bar until it ends; its last reply."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     with Progress(TextColumn("job {task.fields[job]}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TextColumn("{task.fields[info]}"), TimeRemainingColumn()) as bar:
         task = bar.add_task("train", total=reply["max_iters"], job=job, info="")
         while True:
-            reply = call(state_dir, "/api/train/logs", {"job": job, "since": last})
+            reply = call(head, "/api/train/logs", {"job": job, "since": last})
             for e in reply["entries"]:
                 last = e["seq"]
                 bar.console.print(_line(e))
@@ -201,10 +216,9 @@ def logs(state_dir, job, follow):
                     d = e["data"]
                     bar.update(task, completed=d.get("iter", 0),
                                info=f"loss {d.get('train_loss', 0):.3f}  {d.get('tokens_per_s') or 0:.0f} tok/s")
-            if reply["state"] in ("done", "failed", "stopped"):
-                break
+            if reply["state"] in FINAL_STATES:
+                return reply
             time.sleep(1.0)
-    click.echo(f"job {job} {reply['state']}" + (f": {reply['error']}" if reply.get("error") else ""))
 
 
 @train.command()

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import socket
 import sys
 import time
@@ -11,11 +9,21 @@ from pathlib import Path
 
 import click
 
-from cluster.head.state import DEFAULT_HTTP_PORT, MIN_TOKEN_CHARS, StateError, read_token_file
+from cluster.head.state import DEFAULT_HTTP_PORT
 from jobs.dutycycle import DutyCycle
-from workers.headclient import HeadError, HeadUnreachable
+from workers.raynode import PC_NODE_PORTS
 
-from .common import call, head_client, state_dir_option, state_of
+from .common import (
+    call,
+    check_fingerprint,
+    env_name,
+    env_option,
+    get,
+    head_options,
+    node_port_options,
+    read_token,
+    state_dir_option,
+)
 
 
 @click.group()
@@ -24,53 +32,55 @@ def worker():
 
 
 @worker.command()
-@click.argument("address")
-@click.option("--name", default=None, help="This PC's name in the cluster [default: its hostname].")
-@click.option("--token-file", type=click.Path(path_type=Path), envvar="SALVAGE_TOKEN_FILE", default=None,
-              help="A file (mode 600) holding the cluster's token: a copy of the head's STATE_DIR/token, "
-                   "or - to read it from standard input. The token can also come in $SALVAGE_TOKEN; "
-                   "it is never given on the command line. [env: SALVAGE_TOKEN_FILE]")
-@click.option("--ca-fingerprint", envvar="SALVAGE_CA_FINGERPRINT", default=None, metavar="sha256:HEX",
-              help="For a head on the LAN: its CA's fingerprint, from its join line; the agent then "
-                   "talks to it over TLS it has checked. [env: SALVAGE_CA_FINGERPRINT]")
-@click.option("--metrics-port", type=int, default=9470, show_default=True,
-              help="Port for this PC's /metrics (0 picks a free one).")
-@click.option("--simulate-gpus", "simulate", default=None, metavar="SPEC",
-              help="Stand in for NVML: 'GTX 1060:3GB:6.1,RTX 3060:12GB:8.6', '' for CPU-only, "
-                   "or @file.json (re-read at every poll; may hold live sensor values).")
-@click.option("--num-cpus", type=int, default=None, help="CPU cores to offer [default: all].")
-@click.option("--node-ip", default=None, help="This PC's address as the head sees it [default: detected].")
-@click.option("--poll-interval", type=float, default=2.0, show_default=True, help="Seconds between hardware polls.")
-@click.option("--log-dir", type=click.Path(path_type=Path), default=None,
-              help="Where the agent's Ray node logs and its last speed measurement (kept a day, "
-                   "so a restart rejoins faster) go [default: ~/.salvage/agent].")
-@click.option("--duty-cycle", type=float, default=1.0, show_default=True, metavar="F",
-              help="Let work run at most this fraction of wall time (0.5: half the time), "
-                   "so the PC stays cool and quiet for its owner.")
-@click.option("--policy", "policy_file", type=click.Path(path_type=Path), envvar="SALVAGE_POLICY", default=None,
-              help="The owner's policy (TOML): idle-only, time windows, GPU temperature ceiling, power cap, "
-                   "duty cycle, RAM share; re-read when it changes. See `salvage worker policy --help`. "
-                   "[env: SALVAGE_POLICY]")
-@click.option("--boinc", "boinc", is_flag=True, envvar="SALVAGE_BOINC",
-              help="Manage this PC's BOINC client: it gets every device salvage leaves idle, and gives a "
-                   "device back within seconds when salvage's work arrives. [env: SALVAGE_BOINC]")
-@click.option("--boinc-rpc", default="127.0.0.1:31416", show_default=True, metavar="HOST:PORT",
-              envvar="SALVAGE_BOINC_RPC", help="The BOINC client's GUI RPC. [env: SALVAGE_BOINC_RPC]")
-@click.option("--boinc-password-file", type=click.Path(path_type=Path), envvar="SALVAGE_BOINC_PASSWORD_FILE",
-              default=None, help="Its GUI RPC password [default: the client's gui_rpc_auth.cfg, e.g. "
-                                 "/var/lib/boinc-client/gui_rpc_auth.cfg]. [env: SALVAGE_BOINC_PASSWORD_FILE]")
-@click.option("--boinc-idle", type=float, default=60.0, show_default=True, metavar="SECONDS",
-              envvar="SALVAGE_BOINC_IDLE",
-              help="How long a device stays idle before BOINC gets it back. [env: SALVAGE_BOINC_IDLE]")
+@click.argument("address", envvar=env_name("--head"))
+@env_option("--name", default=None, help="This PC's name in the cluster [default: its hostname].")
+@env_option("--token-file", type=click.Path(path_type=Path), default=None,
+            help="A file (mode 600) holding the cluster's token: a copy of the head's STATE_DIR/token, "
+                 "or - to read it from standard input. The token can also come in $SALVAGE_TOKEN; "
+                 "it is never given on the command line.")
+@env_option("--ca-fingerprint", default=None, metavar="sha256:HEX",
+            help="For a head on the LAN: its CA's fingerprint, from its join line; the agent then "
+                 "talks to it over TLS it has checked.")
+@env_option("--metrics-port", type=int, default=9470, show_default=True,
+            help="Port for this PC's /metrics (0 picks a free one).")
+@node_port_options(PC_NODE_PORTS, "this PC")
+@env_option("--simulate-gpus", "simulate", default=None, metavar="SPEC",
+            help="Stand in for NVML: 'GTX 1060:3GB:6.1,RTX 3060:12GB:8.6', '' for CPU-only, "
+                 "or @file.json (re-read at every poll; may hold live sensor values).")
+@env_option("--num-cpus", type=int, default=None, help="CPU cores to offer [default: all].")
+@env_option("--node-ip", default=None, help="This PC's address as the head sees it [default: detected].")
+@env_option("--poll-interval", type=float, default=2.0, show_default=True, help="Seconds between hardware polls.")
+@env_option("--log-dir", type=click.Path(path_type=Path), default=None,
+            help="Where the agent's Ray node logs and its last speed measurement (kept a day, "
+                 "so a restart rejoins faster) go [default: ~/.salvage/agent].")
+@env_option("--duty-cycle", type=float, default=1.0, show_default=True, metavar="F",
+            help="Let work run at most this fraction of wall time (0.5: half the time), "
+                 "so the PC stays cool and quiet for its owner.")
+@env_option("--policy", "policy_file", type=click.Path(path_type=Path), default=None,
+            help="The owner's policy (TOML): idle-only, time windows, GPU temperature ceiling, power cap, "
+                 "duty cycle, RAM share; re-read when it changes. See `salvage worker policy --help`.")
+@env_option("--boinc", "boinc", is_flag=True,
+            help="Manage this PC's BOINC client: it gets every device salvage leaves idle, and gives a "
+                 "device back within seconds when salvage's work arrives.")
+@env_option("--boinc-rpc", default="127.0.0.1:31416", show_default=True, metavar="HOST:PORT",
+            help="The BOINC client's GUI RPC.")
+@env_option("--boinc-password-file", type=click.Path(path_type=Path), default=None,
+            help="Its GUI RPC password [default: the client's gui_rpc_auth.cfg, e.g. "
+                 "/var/lib/boinc-client/gui_rpc_auth.cfg].")
+@env_option("--boinc-idle", type=float, default=60.0, show_default=True, metavar="SECONDS",
+            help="How long a device stays idle before BOINC gets it back.")
 @click.option("--corrupt-results", is_flag=True, hidden=True,
               help="Tests only: this PC forges its science results (a lying host).")
 @click.option("--corrupt-deltas", default=None, hidden=True,
               help="Tests only: this PC's pool workers send broken deltas of this kind.")
-def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_cpus, node_ip, poll_interval, log_dir,
-         duty_cycle, policy_file, boinc, boinc_rpc, boinc_password_file, boinc_idle, corrupt_results, corrupt_deltas):
+def join(address, name, token_file, ca_fingerprint, metrics_port, ray_ports, simulate, num_cpus, node_ip,
+         poll_interval, log_dir, duty_cycle, policy_file, boinc, boinc_rpc, boinc_password_file, boinc_idle,
+         corrupt_results, corrupt_deltas):
     """Probe this PC, join the cluster at ADDRESS (the head's HOST:PORT) and stay in it.
 
     Runs in the foreground; Ctrl-C or SIGTERM leaves the cluster cleanly.
+    ADDRESS and every option may also come from the environment ([env: ...]
+    below; ADDRESS from SALVAGE_HEAD), as the systemd unit's env file sets them.
     """
     from workers.agent import Agent, AgentConfig, JoinError
     from workers.policy import Policy, PolicyError
@@ -86,21 +96,21 @@ def join(address, name, token_file, ca_fingerprint, metrics_port, simulate, num_
         raise click.ClickException(f"num-cpus: expected at least 1, got {num_cpus}")
     try:
         DutyCycle(duty_cycle)  # the limit the agent's jobs will run under
+        ray_ports.resolved(PC_NODE_PORTS, loopback=False).check()
     except ValueError as err:
         raise click.ClickException(str(err)) from None
     if ":" not in address:
         address = f"{address}:{DEFAULT_HTTP_PORT}"
-    token = _token(token_file)
+    token = read_token(token_file)
     try:
         policy = Policy.load(policy_file) if policy_file else Policy()
     except PolicyError as err:
         raise click.ClickException(str(err)) from None
-    if ca_fingerprint is not None and not re.fullmatch(r"sha256:[0-9a-fA-F]{64}", ca_fingerprint):
-        raise click.ClickException("ca-fingerprint: expected sha256: and 64 hex digits, as the join line shows")
+    check_fingerprint(ca_fingerprint)
     config = AgentConfig(address=address, name=name or socket.gethostname().split(".")[0], token=token,
                          ca_fingerprint=ca_fingerprint, policy=policy, policy_file=policy_file,
                          metrics_port=metrics_port, simulate_gpus=simulate, poll_interval=poll_interval,
-                         num_cpus=num_cpus, node_ip=node_ip, duty_cycle=duty_cycle)
+                         num_cpus=num_cpus, node_ip=node_ip, duty_cycle=duty_cycle, ray_ports=ray_ports)
     if log_dir:
         config.log_dir = log_dir
     if boinc:
@@ -129,23 +139,6 @@ def _boinc_link(rpc: str, password_file: Path | None, idle_s: float):
     if password_file is not None and not password_file.expanduser().is_file():
         raise click.ClickException(f"boinc-password-file: no file at {password_file}")
     return BoincLink(host=host, port=int(port), password_file=password_file and password_file.expanduser(), idle_s=idle_s)
-
-
-def _token(token_file: Path | None) -> str:
-    """The cluster's token from the file (or stdin), else $SALVAGE_TOKEN; a one-line error if none."""
-    if token_file is not None and str(token_file) == "-":
-        token = sys.stdin.readline().strip()
-    elif token_file is not None:
-        try:
-            return read_token_file(token_file.expanduser())
-        except StateError as err:
-            raise click.ClickException(str(err)) from None
-    else:
-        token = os.environ.get("SALVAGE_TOKEN", "").strip()
-    if len(token) < MIN_TOKEN_CHARS:
-        raise click.ClickException("token: expected the cluster's token in --token-file (or $SALVAGE_TOKEN); "
-                                   "copy it from the head's STATE_DIR/token")
-    return token
 
 
 def _admin(state_dir, host: str, action: str, gpu: int | None, reason: str) -> None:
@@ -178,18 +171,14 @@ resume = _admin_command("resume", "Undo `pause` or `drain`: the PC (or GPU) take
 
 
 @worker.command(name="list")
-@state_dir_option
+@head_options
 @click.option("--json", "as_json", is_flag=True, help="Print the hosts as JSON.")
-def list_workers(state_dir, as_json):
+def list_workers(head, as_json):
     """Every PC with its state and why it takes no work, if it does not."""
     from rich.console import Console
     from rich.table import Table
 
-    client, _ = head_client(state_of(state_dir))
-    try:
-        nodes = client.get("/api/status")["nodes"]
-    except (HeadError, HeadUnreachable) as err:
-        raise click.ClickException(str(err)) from None
+    nodes = get(head, "/api/status")["nodes"]
     if as_json:
         click.echo(json.dumps(nodes, indent=2))
         return

@@ -7,13 +7,16 @@ the Prometheus that feeds it runs on this same machine.
 """
 from __future__ import annotations
 
+import json
 import shutil
 import urllib.parse
 from pathlib import Path
 
 import yaml
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "alertmanager"
+from .templates import DEPLOY as SHIPPED
+
+DEPLOY = SHIPPED / "alertmanager"
 LISTEN_HOST = "127.0.0.1"  # never the LAN: see above
 DEFAULT_PORT = 9093
 PLACEHOLDER_URL = "https://webhook.example.invalid/salvage"
@@ -47,6 +50,9 @@ def render(text: str, webhook_url: str | None) -> str:
             raise AlertmanagerError(f"alertmanager: the configuration has no {WEBHOOK_RECEIVER!r} receiver "
                                     "with a webhook_configs entry to send to")
         hooks[0]["url"] = check_webhook(webhook_url)
+        kept = text.replace(PLACEHOLDER_URL, json.dumps(webhook_url))  # with the template's comments and examples
+        if yaml.safe_load(kept) == config:
+            return kept
     elif any(h.get("url") == PLACEHOLDER_URL for h in hooks):
         raise AlertmanagerError("alert-webhook: give the URL that alerts go to (--alert-webhook URL); "
                                 "the shipped configuration only holds a placeholder")

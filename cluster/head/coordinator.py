@@ -26,7 +26,16 @@ from cluster.science.dispatch import ScienceDispatch
 from cluster.science.store import ScienceStore
 from cluster.train.records import JobRecords
 from cluster.train.service import TrainJobs
-from workers.raynode import NO_LOG_MONITOR, RayNode, die_with_parent, node_ports_args, port_in_use, ray_env, start_lock
+from workers.raynode import (
+    HEAD_NODE_PORTS,
+    NO_LOG_MONITOR,
+    RayNode,
+    die_with_parent,
+    node_ports_args,
+    port_in_use,
+    ray_env,
+    start_lock,
+)
 
 from . import alertmanager, tls
 from .boinc import BoincFleet
@@ -78,7 +87,7 @@ class Coordinator:
         self.registry.register(HeadCollector(FleetView(
             hosts=self.hosts, nodes=self.nodes, train_jobs=self.train.records.all, training_on=self.train.running_on,
             store=self.store, science_on=self.science.running_on, science_reported=lambda: self.science.reported)))
-        science_api = ScienceApi(self.store, self.log, cancel=self.science.cancel)
+        science_api = ScienceApi(self.store, self.log, cancel=self.science.cancel, hosts=self.science.host_views)
         self.page = StatusPage(
             status=lambda: self.hosts_api.api_status({}), train_list=lambda: self.train.api_list({}),
             train_logs=lambda job, since: self.train.api_logs({"job": job, "since": since}),
@@ -148,7 +157,8 @@ class Coordinator:
         args = ["--head", "--port", str(c.ray_port), "--node-ip-address", c.host,
                 "--num-cpus", "0",  # the head schedules; the PCs compute
                 "--dashboard-host", c.host, "--dashboard-port", str(c.dashboard_port),
-                "--ray-client-server-port", str(c.client_port), *node_ports_args(c.host), *NO_LOG_MONITOR]
+                "--ray-client-server-port", str(c.client_port), *node_ports_args(c.host, c.node_ports, HEAD_NODE_PORTS),
+                *NO_LOG_MONITOR]
         store = os.environ.get("SALVAGE_RAY_OBJECT_STORE_BYTES")
         if store:
             args += ["--object-store-memory", store]

@@ -13,8 +13,9 @@ from pathlib import Path
 import yaml
 
 from .alertmanager import add_alerting
+from .templates import DEPLOY as SHIPPED
 
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "prometheus"
+DEPLOY = SHIPPED / "prometheus"
 SHIPPED_HEAD = "127.0.0.2:8470"
 HEAD_JOBS = ("salvage-head", "salvage-agents")
 
@@ -32,17 +33,19 @@ def render(text: str, head: str, token_file: Path | None = None, ca_file: Path |
     if alertmanager:
         add_alerting(config, alertmanager)
     if token_file is not None:
-        auth = {"authorization": {"type": "Bearer", "credentials_file": str(token_file)},
-                "tls_config": {"ca_file": str(ca_file)}}
+        def auth() -> dict:  # a fresh copy each time: shared ones would come out as YAML anchors
+            return {"authorization": {"type": "Bearer", "credentials_file": str(token_file)},
+                    "tls_config": {"ca_file": str(ca_file)}}
+
         for job in config["scrape_configs"]:
             if job["job_name"] not in HEAD_JOBS:
                 continue
             for sd in job.get("http_sd_configs", []):  # the discovery request goes to the head too
                 sd["url"] = sd["url"].replace("http://", "https://")
-                sd.update(auth)
+                sd.update(auth())
             if job["job_name"] == "salvage-head":
                 job["scheme"] = "https"
-                job.update(auth)
+                job.update(auth())
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -50,8 +53,7 @@ def write_config(out_dir: Path, head: str, token_file: Path | None = None, ca_fi
                  alertmanager: str | None = None) -> Path:
     """The configuration and alert rules for this head, in `out_dir`."""
     if not (DEPLOY / "prometheus.yml").exists():
-        raise PrometheusError(f"prometheus: its configuration is missing ({DEPLOY}); "
-                              "reinstall salvage from its source tree")
+        raise PrometheusError(f"prometheus: its configuration is missing ({DEPLOY}); reinstall salvage")
     out_dir.mkdir(parents=True, exist_ok=True)
     text = render((DEPLOY / "prometheus.yml").read_text(), head, token_file, ca_file, alertmanager)
     (out_dir / "prometheus.yml").write_text(text)

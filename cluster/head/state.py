@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from workers.raynode import NodePorts
 
 DEFAULT_HTTP_PORT = 8470
 DEFAULT_RAY_PORT = 6379
+DEFAULT_DASHBOARD_PORT = 8265  # Ray's own
+DEFAULT_RAY_CLIENT_PORT = 10001  # Ray's own
 LOOPBACK = "127.0.0.2"  # Ray rewrites 127.0.0.1 to the routable address; this it leaves alone
 MIN_TOKEN_CHARS = 32
 
@@ -37,6 +42,11 @@ class HeadConfig:
     lan: bool  # `up --host`: PCs on the LAN join; on loopback, only this machine's
     prometheus_port: int | None = None  # set by `up --prometheus`
     alertmanager_port: int | None = None  # set by `up --alertmanager`
+    node_ports: NodePorts = field(default_factory=NodePorts)  # as given to `up`; see NodePorts
+
+    def __post_init__(self):
+        if isinstance(self.node_ports, dict):  # as read back from head.json
+            self.node_ports = NodePorts(**self.node_ports)
 
     @property
     def prometheus_host(self) -> str:
@@ -121,6 +131,18 @@ class StateDir:
         tmp.write_text(json.dumps(asdict(config)))
         os.replace(tmp, self.head_file)
 
+    def check_readable(self) -> None:
+        """StateError (one line) if the state dir is there but this user may not read it:
+        the head's, run by its service user, asked by someone else on the same machine."""
+        try:
+            if self.head_file.exists():
+                self.head_file.read_bytes()
+        except PermissionError:
+            raise StateError(
+                f"state-dir: {self.path} is not readable by you (it belongs to {_owner(self.path)}); run the command "
+                f"as that user (sudo -u {_owner(self.path)} salvage ... --state-dir {self.path}), or ask the head "
+                "over its API with --head HOST:PORT --token-file FILE (and --ca-fingerprint on a LAN)") from None
+
     def read_head(self) -> HeadConfig | None:
         try:
             return HeadConfig(**json.loads(self.head_file.read_text()))
@@ -145,6 +167,13 @@ class StateDir:
         except OSError:
             return pid
         return pid if b"cluster.head" in cmdline or b"cluster up" in cmdline.replace(b"\0", b" ") else None
+
+
+def _owner(path: Path) -> str:
+    try:
+        return pwd.getpwuid(path.stat().st_uid).pw_name
+    except (OSError, KeyError):
+        return "its owner"
 
 
 def read_token_file(path: Path) -> str:

@@ -82,3 +82,15 @@ def test_prometheus_with_the_alerting_section_passes_promtool(tmp_path):
     shutil.copy(prometheus.DEPLOY / "alerts.yml", tmp_path / "alerts.yml")
     result = _tool("promtool", "check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_rendered_config_keeps_the_e_mail_example_for_the_operator_to_uncomment(tmp_path):
+    """docs/operator.md: edit STATE_DIR/alertmanager/alertmanager.yml and uncomment its e-mail example."""
+    path = alertmanager.write_config(tmp_path / "am", URL)
+    text = re.sub(r"(?m)^(\s*)# (\s*(?:- )?[a-z_]+:.*)$", r"\1\2", path.read_text())
+    config = yaml.safe_load(text)
+    assert [r["name"] for r in config["receivers"]] == ["webhook", "email"]
+    assert config["receivers"][0]["webhook_configs"][0]["url"] == URL
+    path.write_text(text)
+    result = _tool("amtool", "check-config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from dashboards import generate
 from dashboards.contract import series_labels
-from dashboards.panels import DATASOURCE_UID
+from dashboards.panels import DATASOURCE_VARIABLE
 from dashboards.queries import iter_panels, panel_queries, selectors, variable_selectors
 
 JSON_DIR = Path(__file__).resolve().parents[2] / "dashboards" / "json"
@@ -46,17 +46,26 @@ def test_check_mode_catches_edited_missing_and_leftover_files(tmp_path: Path) ->
     assert generate.stale_files(tmp_path) == []
 
 
+def _query_variables(dashboard: dict) -> list[dict]:
+    return [variable for variable in dashboard["templating"]["list"] if variable["type"] == "query"]
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_no_import_placeholders_and_a_fixed_datasource(name: str) -> None:
+def test_no_import_placeholders_and_the_datasource_is_chosen_on_the_dashboard(name: str) -> None:
+    """Every panel reads the Prometheus picked in the dashboard's `datasource` variable,
+    so the dashboards import into an existing Grafana whatever its datasource is called."""
     text = (JSON_DIR / name).read_text()
     assert "__inputs" not in text and "${DS_" not in text
     dashboard = json.loads(text)
+    chosen = {"type": "prometheus", "uid": "${" + DATASOURCE_VARIABLE + "}"}
+    first = dashboard["templating"]["list"][0]
+    assert (first["name"], first["type"], first["query"]) == (DATASOURCE_VARIABLE, "datasource", "prometheus")
     for panel in iter_panels(dashboard):
-        assert panel["datasource"] == {"type": "prometheus", "uid": DATASOURCE_UID}, panel["title"]
+        assert panel["datasource"] == chosen, panel["title"]
         for target in panel["targets"]:
-            assert target["datasource"]["uid"] == DATASOURCE_UID, panel["title"]
-    for variable in dashboard["templating"]["list"]:
-        assert variable["datasource"]["uid"] == DATASOURCE_UID
+            assert target["datasource"] == chosen, panel["title"]
+    for variable in _query_variables(dashboard):
+        assert variable["datasource"] == chosen, variable["name"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -93,7 +102,7 @@ def test_panels_read_only_metrics_and_labels_of_the_contract(name: str) -> None:
 def test_template_variables_are_matched_as_regexes_and_all_get_filled(name: str) -> None:
     dashboard = _load(name)
     raw = [target["expr"] for panel in iter_panels(dashboard) for target in panel["targets"]]
-    for variable in dashboard["templating"]["list"]:
+    for variable in _query_variables(dashboard):
         # "All" is `.*` and several values are `a|b`: only =~ matches those.
         for expr in raw:
             assert not re.search(rf'(?<![=!])(=|!=)\s*"\$\{{?{variable["name"]}\b', expr), expr
@@ -104,7 +113,7 @@ def test_template_variables_are_matched_as_regexes_and_all_get_filled(name: str)
 
 def test_gpu_health_filters_by_host_and_gpu() -> None:
     dashboard = _load("gpu_health.json")
-    assert [variable["name"] for variable in dashboard["templating"]["list"]] == ["host", "gpu"]
+    assert [variable["name"] for variable in dashboard["templating"]["list"]] == [DATASOURCE_VARIABLE, "host", "gpu"]
     chosen = panel_queries(dashboard, {"host": "pc7", "gpu": "1"})
     gpu_panels = [expr for expr in chosen if "salvage_gpu_" in expr]
     assert gpu_panels and all('host=~"pc7"' in expr and 'gpu=~"1"' in expr for expr in gpu_panels)

@@ -3,14 +3,23 @@ simulated GPUs are driven through their live sensor files: a hot GPU pauses
 within one poll and resumes only below the lower mark; a closed time window
 pauses a PC; a GPU that falls off the bus sends its training elsewhere and
 comes back after its health check; an operator drains, pauses and resumes
-PCs; training preempts a pool full of long science units, and every unit
-still ends valid with its credit counted once."""
+PCs; the owner's input (the access time of a policy's idle device, here a
+temp file) pauses a PC and its science steps aside until the owner has been
+away the policy's idle time; training preempts a pool full of long science
+units, and every unit still ends valid with its credit counted once."""
 import json
+import os
 import re
+import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 from localcluster import salvage
+
+from workers.idle import logind_idle_since
+
+IDLE_MINUTES = 0.1  # pc-a's owner counts as away after 6 s without input
 
 TINY = ["--set", "n_layer=1", "--set", "n_head=2", "--set", "n_embd=32", "--set", "block_size=32",
         "--set", "warmup_iters=2", "--set", "eval_iters=2", "--set", "log_interval=5", "--set", "eval_interval=25"]
@@ -35,7 +44,12 @@ def pool(local_cluster, tmp_path_factory):
     local_cluster.join("gpupc", f"@{local_cluster.gpu_file}",
                        "--policy", str(_heat_policy(work)))
     local_cluster.join("windowpc", "", "--policy", str(local_cluster.policy_file))
-    local_cluster.join("pc-a", "")
+    local_cluster.keyboard = work / "keyboard"  # pc-a's input device, as its owner's policy names it
+    local_cluster.keyboard.write_text("")
+    os.utime(local_cluster.keyboard, (time.time() - 3600, time.time() - 7200))  # nobody typed for an hour
+    idle_policy = work / "idle.toml"
+    idle_policy.write_text(f'[idle]\nminutes = {IDLE_MINUTES}\ndevices = ["{local_cluster.keyboard}"]\n')
+    local_cluster.join("pc-a", "", "--policy", str(idle_policy))
     for name in ("gpupc", "windowpc", "pc-a"):
         local_cluster.wait_state(name, "alive", timeout=120)
     return local_cluster
@@ -131,6 +145,62 @@ def test_an_operator_pause_stops_the_work_on_that_pc_now(pool):
         sd(pool, "worker", "pause", "windowpc", "--gpu", "3")
     sd(pool, "worker", "resume", "windowpc")
     pool.wait_for(lambda: not (node(pool, "windowpc").get("paused") or {}).get("host"), 15, "the agent to resume")
+
+
+@contextmanager
+def owner_typing(keyboard):
+    """The owner presses a key every half second (a read moves the device's access
+    time, not its modification time) until the block ends; yields the list whose
+    last item is when the last key was pressed."""
+    pressed = []
+    stop = threading.Event()
+
+    def type_keys():
+        while True:
+            pressed.append(time.time())
+            os.utime(keyboard, (pressed[-1], os.stat(keyboard).st_mtime))
+            if stop.wait(0.5):
+                return
+
+    typist = threading.Thread(target=type_keys, daemon=True)
+    typist.start()
+    try:
+        yield pressed
+    finally:
+        stop.set()
+        typist.join()
+
+
+def science_on(pool, name):
+    return any("science" in r for r in node(pool, name)["running"])
+
+
+def test_owner_input_pauses_the_pc_its_science_steps_aside_and_it_resumes_once_idle(pool):
+    if logind_idle_since() is not None:
+        pytest.skip("logind keeps a session on this machine: its input would count as the owner's too")
+    others = ("gpupc", "windowpc")
+    for name in others:  # the batch's science can only run on pc-a
+        sd(pool, "worker", "drain", name, "--reason", "the owner-input test needs pc-a's science")
+    try:
+        batch = int(sd(pool, "science", "submit", "hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "16",
+                       "--params", '{"sweeps": 20000, "replicas": 2}', "--quorum", "1").stdout.strip().splitlines()[-1])
+        pool.wait_for(lambda: science_on(pool, "pc-a"), 90, "science on pc-a")
+        with owner_typing(pool.keyboard) as pressed:
+            pool.wait_for(lambda: (node(pool, "pc-a").get("paused") or {}).get("host") == "owner_input", 15,
+                          "pc-a to pause for its owner")
+            assert node(pool, "pc-a")["blocked"] == "paused (owner_input)"
+            pool.wait_for(lambda: not science_on(pool, "pc-a"), 30, "pc-a's science to step aside")
+        pool.wait_for(lambda: not (node(pool, "pc-a").get("paused") or {}).get("host"), 30,
+                      "pc-a to resume once its owner is away")
+        resumed = next(e for e in pool.client().post("/api/hosts/events", {"host": "pc-a"})["events"]
+                       if e["kind"] == "resumed")
+        assert resumed["t"] - pressed[-1] >= IDLE_MINUTES * 60  # not before the owner was away the idle time
+        pool.wait_for(lambda: science_on(pool, "pc-a"), 60, "science back on pc-a")
+        sd(pool, "science", "cancel", str(batch))
+        assert pool.client().post("/api/science/check", {})["violations"] == []
+    finally:
+        for name in others:
+            sd(pool, "worker", "resume", name)
 
 
 def test_training_preempts_long_science_and_every_unit_ends_valid_once(pool):

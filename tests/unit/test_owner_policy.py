@@ -160,6 +160,24 @@ def test_a_bad_policy_file_on_reload_keeps_the_policy_in_force(tmp_path):
     assert pauses.policy.pause_above_c == 90
 
 
+def test_a_reloaded_policy_keeps_a_hot_gpu_paused_until_it_cools_below_the_lower_mark(tmp_path):
+    path = tmp_path / "policy.toml"
+    path.write_text("[gpu]\npause_above_c = 80\nresume_below_c = 70")
+    pauses = Pauses(tmp_path / "p.json", Policy.load(path), path, HealthMonitor(), lambda line: None)
+    from workers.host import HostSample, Poll
+
+    def at(temperature):
+        return Poll(HostSample(0.1, 1, 2, 1, 2), [GpuSample(0, temperature_c=temperature)])
+    pauses.update(at(85.0))
+    assert pauses.state.gpus == {0: "gpu_hot"}
+    path.write_text('[gpu]\npause_above_c = 80\nresume_below_c = 70\n[windows]\nevery_day = "all"')
+    os.utime(path, (time.time() + 5, time.time() + 5))  # the owner edits another part of the policy
+    pauses.update(at(75.0))
+    assert pauses.policy.windows and pauses.state.gpus == {0: "gpu_hot"}  # between the marks: still paused
+    pauses.update(at(65.0))
+    assert pauses.state.gpus == {}
+
+
 def test_a_sick_gpu_comes_back_only_after_its_check_passes_with_backoff():
     clock = [0.0]
     outcomes = [False, False, True]

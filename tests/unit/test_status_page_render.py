@@ -36,7 +36,11 @@ STATUS = {
         host("hot", gpus=[gpu(0, "GTX 1070", 8, "6.1", temperature_c=91.0, utilization=0.97,
                               memory_used_bytes=2**30, throttle=["sw_thermal"])],
              metrics="127.0.0.2:9102", agent_state="busy"),
-        host("office", running=["science (2 tasks)"]),
+        host("office", running=["science (2 tasks)"], boinc={
+            "kind": "boinc", "connected": True, "note": "", "modes": {"cpu": "never", "gpu": "auto"},
+            "owner_modes": {"cpu": "auto", "gpu": "auto"}, "held": {"cpu": {"reason": "work", "detail": "cpu busy"}},
+            "projects": [{"url": "https://boinc.bakerlab.org/rosetta/", "name": "Rosetta@home", "credit": 10.0}],
+            "tasks": {"running": 0}, "attaches": {}}),
         host("gone", state="lost", gpus=[gpu(0, "GTX 1060", 3, "6.1")]),
         host(EVIL, gpus=[gpu(0, "<img src=x onerror=alert(1)>", 4)], notes=["<b>simulated</b> & odd"]),
         host("resting", admin_state="drained", reason="GPU 0 lost twice in an hour"),
@@ -142,6 +146,14 @@ def test_the_page_shows_every_host_with_its_state(doc):
     assert "state-lost" in hosts["gone"] and "state-alive" in hosts["cool"]
     assert "drained" in doc and "GPU 0 lost twice in an hour" in doc  # admin state and reason when present
     assert "CPU only" in doc and "last seen 5 min ago" in doc
+
+
+def test_a_pc_that_lends_its_idle_devices_to_boinc_says_what_salvage_holds(doc):
+    office = doc[doc.index('data-host="office"'):]
+    office = office[:office.index("</article>")]
+    assert "BOINC: 1 project, 0 running; CPU held (cpu busy); GPU lent" in office
+    cool = doc[doc.index('data-host="cool"'):]
+    assert "BOINC" not in cool[:cool.index("</article>")]  # its agent manages no BOINC client
 
 
 def test_a_hot_gpu_shows_hot_and_a_cool_one_does_not(doc):
