@@ -6,7 +6,6 @@ import os
 from pathlib import Path
 
 from jobs.dutycycle import DutyCycle
-from jobs.science.runner import run_tasks
 from jobs.science.tasks import Task
 
 from .claims import DeviceClaim
@@ -25,7 +24,11 @@ def run_science_tasks(rows: list[tuple], device: str) -> list[tuple]:
     and the rest go back unreported, to be sent again."""
     ckpt = os.environ.get(CHECKPOINT_DIR_ENV)
     ours = "gpu0" if device.startswith("cuda") else "cpu"
-    with DeviceClaim.here(ours):
+    with DeviceClaim.here(ours):  # the PC's own volunteer client lets go of it now
+        # Imported once the device is claimed: the apps bring torch, seconds to load on
+        # an old PC, and BOINC should not hold the device all that time.
+        from jobs.science.runner import run_tasks
+
         reports = run_tasks([Task(*row) for row in rows], device=device,
                             corrupt=os.environ.get(CORRUPT_RESULTS_ENV) == "1", throttle=DutyCycle.from_env(),
                             should_stop=PauseWatch.here(ours, science=True),
