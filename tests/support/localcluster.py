@@ -40,6 +40,17 @@ def simulated(spec: str | None) -> list[str]:
     return [] if spec is None else ["--simulate-gpus", spec]
 
 
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    """The first truthy value of `predicate()`, asked every 0.5 s; AssertionError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 class LocalCluster:
     def __init__(self, state_dir: Path):
         self.state_dir = state_dir
@@ -123,13 +134,7 @@ class LocalCluster:
         return next((n for n in self.status()["nodes"] if n["name"] == name), None)
 
     def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = predicate()
-            if value:
-                return value
-            time.sleep(0.5)
-        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        return wait_for(predicate, timeout, what)
 
     def wait_state(self, name: str, state: str, timeout: float = 60.0) -> dict:
         def check():

@@ -11,12 +11,11 @@ import re
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import psutil
 import pytest
-from localcluster import REPO, SALVAGE, salvage
+from localcluster import REPO, SALVAGE, salvage, wait_for
 from localcluster import test_env as salvage_env
 
 from workers.raynode import free_ports, port_in_use
@@ -36,16 +35,6 @@ def read_env_file(text: str) -> dict[str, str]:
             key, _, value = line.partition("=")
             env[key.strip()] = value.strip().strip('"')
     return env
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def stop(proc: subprocess.Popen) -> None:
