@@ -82,8 +82,9 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 
 from localcluster import LocalCluster, salvage  # noqa: E402
 
+from jobs.gpt.batches import fixed_batches  # noqa: E402
 from jobs.gpt.config import load_config  # noqa: E402
-from jobs.gpt.data import default_cache_dir, fixed_batches, prepare_data  # noqa: E402
+from jobs.gpt.data import default_cache_dir, prepare_data  # noqa: E402
 from jobs.gpt.diloco import load_flat  # noqa: E402
 from jobs.gpt.model import GPT  # noqa: E402
 from jobs.gpt.outer import allreduce_bytes  # noqa: E402
@@ -362,8 +363,9 @@ def _peer_loop(loop_config: dict) -> None:
     import ray.train.torch
 
     from jobs.dutycycle import DutyCycle
+    from jobs.gpt.batches import BatchSampler
     from jobs.gpt.config import GPTConfig
-    from jobs.gpt.data import BatchSampler, default_cache_dir, prepare_data
+    from jobs.gpt.data import default_cache_dir, prepare_data
     from jobs.gpt.diloco import flat_params
     from jobs.gpt.schedule import lr_at
     from jobs.gpt.train import build_optimizer, train_step

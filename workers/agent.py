@@ -33,12 +33,13 @@ from .pauses import Pauses
 from .policy import Policy
 from .raynode import NO_LOG_MONITOR, NodePorts, RayNode, node_ports_args, ray_env, start_lock
 from .records import MAX_TEXT, NAME_RE, GpuSample, HostInfo
-from .tasks.claims import CLAIMS_DIR_ENV, claimed
+from .tasks.claims import CLAIMS_DIR_ENV, claim_names, claimed
 from .tasks.pausing import PAUSE_FILE_ENV
 from .tasks.science import CHECKPOINT_DIR_ENV
 
 JOIN_TIMEOUT_S = 10.0
 TICK_S = 1.0  # how often the agent looks at what its work claims (and lends the rest to BOINC)
+NEW_CLAIM_LOOK_S = 0.1  # between ticks, how often it looks for a new claim: BOINC yields that much sooner
 ATTACH_WAIT_S = 30.0
 MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
@@ -532,9 +533,20 @@ class Agent:
                 next_beat = now + self.config.heartbeat_interval
             if self.rejoin_needed or not self.ray_node.alive():
                 self.rejoin()
-            self._stop.wait(tick)
+            self.wait_tick(tick)
         self.leave()
         return 0
+
+    def wait_tick(self, tick: float) -> None:
+        """Until the next tick, or sooner when work claims a device that BOINC may be using."""
+        if self.boinc is None:
+            self._stop.wait(tick)
+            return
+        seen = claim_names(self.claims_dir)
+        end = time.monotonic() + tick
+        while not self._stop.wait(min(NEW_CLAIM_LOOK_S, max(0.0, end - time.monotonic()))):
+            if time.monotonic() >= end or not claim_names(self.claims_dir) <= seen:
+                return
 
     def describe_boinc(self) -> str:
         s = self.boinc.status()

@@ -1,9 +1,10 @@
-"""Corpus loading, token caching and batch sampling for the GPT job.
+"""Corpus loading and token caching for the GPT job (batches: jobs.gpt.batches).
 
 A corpus is encoded once into a uint16 `.bin` file in the cache dir, named by the
 hash of its text and of the tokenizer, and memory-mapped afterwards: workers that
 share a cache dir never encode the same corpus twice, and batches are random
-slices of the map (no copy of the whole corpus per process).
+slices of the map (no copy of the whole corpus per process). No torch here: the
+CLI checks a corpus before submitting without loading it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from jobs.gpt.tokenizer import Tokenizer, build_tokenizer
 
@@ -188,36 +187,3 @@ def prepare_data(source: str | None, tokenizer_kind: str, block_size: int, cache
         )
     n_train = int(len(tokens) * (1 - VAL_FRACTION))
     return Dataset(tokens[:n_train], tokens[n_train:], tokenizer, corpus.name, corpus.note)
-
-
-def _gather(tokens: np.ndarray, starts: np.ndarray, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = torch.from_numpy(tokens[starts[:, None] + np.arange(block_size + 1)].astype(np.int64))
-    return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
-
-
-class BatchSampler:
-    """Random (x, y) batches from a token array; its RNG state is checkpointable."""
-
-    def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int) -> None:
-        self.tokens = tokens
-        self.block_size = block_size
-        self.batch_size = batch_size
-        self.rng = np.random.default_rng(seed)
-
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)
-        return _gather(self.tokens, starts, self.block_size)
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.rng.bit_generator.state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state
-
-
-def fixed_batches(
-    tokens: np.ndarray, block_size: int, batch_size: int, count: int, seed: int
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The same `count` batches every time for a given seed: evaluations stay comparable."""
-    sampler = BatchSampler(tokens, block_size, batch_size, seed)
-    return [sampler.next() for _ in range(count)]

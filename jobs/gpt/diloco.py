@@ -17,9 +17,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from jobs.gpt.batches import BatchSampler
 from jobs.gpt.codecs import ErrorFeedback, Packed, decode
 from jobs.gpt.config import CODECS, ConfigError, GPTConfig
-from jobs.gpt.data import BatchSampler
 from jobs.gpt.model import GPT
 from jobs.gpt.outer import PoolSchedule
 from jobs.gpt.precision import (

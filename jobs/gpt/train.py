@@ -26,6 +26,7 @@ import torch
 
 from jobs.dutycycle import DutyCycle
 from jobs.gpt.adamw import AdamW
+from jobs.gpt.batches import BatchSampler, fixed_batches
 from jobs.gpt.checkpoint import (
     CHECKPOINT_NAME,
     CheckpointError,
@@ -35,7 +36,7 @@ from jobs.gpt.checkpoint import (
     save_checkpoint,
 )
 from jobs.gpt.config import PRESETS, ConfigError, GPTConfig, load_config
-from jobs.gpt.data import BatchSampler, DataError, default_cache_dir, fixed_batches, prepare_data
+from jobs.gpt.data import DataError, default_cache_dir, prepare_data
 from jobs.gpt.model import GPT
 from jobs.gpt.precision import (
     DeviceError,

@@ -45,3 +45,20 @@ def test_outside_an_agent_a_claim_does_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("SALVAGE_CLAIMS_DIR", str(tmp_path))
     with DeviceClaim.here("gpu2"):
         assert claimed(tmp_path) == {"gpu2"}
+
+
+def test_the_agent_wakes_before_its_tick_when_work_claims_a_device(tmp_path):
+    """BOINC must yield within the agent's short look, not at its next full tick."""
+    import threading
+    import time
+    from types import SimpleNamespace
+
+    from workers.agent import Agent
+
+    DeviceClaim(str(tmp_path), "cpu").take().release()  # an old marker is not new work
+    agent = SimpleNamespace(boinc=object(), _stop=threading.Event(), claims_dir=tmp_path)
+    threading.Timer(0.3, lambda: DeviceClaim(str(tmp_path), "gpu0").take()).start()
+    started = time.monotonic()
+    Agent.wait_tick(agent, 30.0)
+    assert time.monotonic() - started < 10.0  # woke for the claim, a third of the tick at most
+    assert claimed(tmp_path) >= {"gpu0"}

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from jobs.gpt import data as data_mod
+from jobs.gpt.batches import BatchSampler, fixed_batches
 from jobs.gpt.data import (
-    BatchSampler,
     DataError,
-    fixed_batches,
     load_corpus,
     min_corpus_tokens,
     prepare_data,

@@ -21,10 +21,11 @@ from jobs.science.apps import (
     UnknownAppError,
     get_app,
     hp_fold,
+    lj_blocks,
     lj_md,
     lj_physics,
 )
-from jobs.science.apps.lj_md import nve_energies
+from jobs.science.apps.lj_sim import nve_energies
 
 torch.set_num_threads(1)
 
@@ -110,8 +111,8 @@ def test_tail_corrections_match_numerical_integrals():
     du = 4 * (-12 * r**-13 + 6 * r**-7)
     u_tail = 2 * math.pi * rho * np.trapezoid(u * r**2, r)
     p_tail = -2 * math.pi / 3 * rho**2 * np.trapezoid(du * r**3, r)
-    assert lj_physics.tail_energy_per_particle(rho, rc) == pytest.approx(u_tail, rel=1e-5)
-    assert lj_physics.tail_pressure(rho, rc) == pytest.approx(p_tail, rel=1e-5)
+    assert lj_blocks.tail_energy_per_particle(rho, rc) == pytest.approx(u_tail, rel=1e-5)
+    assert lj_blocks.tail_pressure(rho, rc) == pytest.approx(p_tail, rel=1e-5)
 
 
 def test_pair_list_finds_exactly_the_close_pairs_with_and_without_cells():
@@ -155,8 +156,8 @@ def test_forces_energy_and_virial_agree_with_a_direct_sum():
 
 
 def test_velocity_verlet_conserves_energy_without_thermostat():
-    coarse = nve_energies({**DENSE, "dt": 0.01}, 100)
-    fine = nve_energies({**DENSE, "dt": 0.005}, 200)
+    coarse = nve_energies(LJ.validate_params({**DENSE, "dt": 0.01}), 100)
+    fine = nve_energies(LJ.validate_params({**DENSE, "dt": 0.005}), 200)
     spread_coarse = max(coarse) - min(coarse)
     spread_fine = max(fine) - min(fine)
     assert spread_fine < 2e-3  # per particle, out of |E/N| ~ 4.7
@@ -238,7 +239,7 @@ def test_verify_recomputes_the_statistics_from_the_blocks(gas_runs):
 
 def _restated(params, blocks):
     """A forger's consistent claims for made-up blocks."""
-    return {**lj_md.block_statistics(blocks, LJ.validate_params(params)), "blocks": blocks}
+    return {**lj_blocks.block_statistics(blocks, LJ.validate_params(params)), "blocks": blocks}
 
 
 def test_verify_knows_every_direct_sample_weighs_at_least_one(dense_run):
@@ -320,7 +321,7 @@ def test_lj_pause_then_resume_completes_the_same_run(tmp_path):
 def test_gas_effort_follows_the_dilute_limit_model():
     # the pair integrals give U/N of a dilute gas to within its three-body corrections
     i1, i2, j2 = lj_md.pair_integrals(0.85)
-    two_body = 0.005 * i1 / 2 + lj_physics.tail_energy_per_particle(0.005, 3.0)
+    two_body = 0.005 * i1 / 2 + lj_blocks.tail_energy_per_particle(0.005, 3.0)
     assert two_body == pytest.approx(-5.1901e-02, rel=0.01)
     assert i2 > 0 and j2 > i2
     # ~1/rho more trajectories and equilibration as the gas thins; the liquid does not use it

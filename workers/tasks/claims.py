@@ -2,8 +2,8 @@
 
 A task or pool worker marks its device in the directory the agent gives every
 task in $SALVAGE_CLAIMS_DIR as it starts, one small file per process and
-device; the agent reads the directory every second and lends the devices no
-file names to the PC's own volunteer client (BOINC). A released claim leaves
+device; the agent notices a new file within a tenth of a second, checks them
+all every second, and lends the devices no file names to the PC's own volunteer client (BOINC). A released claim leaves
 a "done-" marker that counts once, so work shorter than the agent's look still
 keeps the device from BOINC. A process that dies without cleaning up (killed,
 out of memory) releases its claim by dying: a claim counts only while its
@@ -64,6 +64,14 @@ class DeviceClaim:
 
     def __exit__(self, *_exc) -> None:
         self.release()
+
+
+def claim_names(directory: Path) -> frozenset[str]:
+    """The live claim files' names only, no process checks: cheap enough to look ten times a second."""
+    try:
+        return frozenset(e.name for e in os.scandir(directory) if e.name[:1].isdigit())
+    except OSError:
+        return frozenset()
 
 
 def claimed(directory: Path) -> set[str]:

@@ -18,16 +18,6 @@ from dataclasses import dataclass
 import torch
 
 
-def tail_energy_per_particle(density: float, r_cut: float) -> float:
-    """Analytic long-range correction U_tail/N, assuming g(r) = 1 beyond r_cut."""
-    return 8.0 / 3.0 * math.pi * density * (r_cut**-9 / 3.0 - r_cut**-3)
-
-
-def tail_pressure(density: float, r_cut: float) -> float:
-    """Analytic long-range correction to the virial pressure, assuming g(r) = 1 beyond r_cut."""
-    return 16.0 / 3.0 * math.pi * density**2 * (2.0 / 3.0 * r_cut**-9 - r_cut**-3)
-
-
 def fcc_lattice(n: int, box: float, dtype: torch.dtype) -> torch.Tensor:
     """First n sites, as (n, 3), of the smallest fcc lattice with >= n sites filling the box."""
     cells = math.ceil((n / 4) ** (1.0 / 3.0))
