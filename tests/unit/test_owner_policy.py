@@ -108,7 +108,8 @@ def test_idle_is_read_from_device_access_times(tmp_path):
     assert idle_seconds((str(tmp_path / "nothing*"),), now) is None
 
 
-def test_the_pause_file_tells_each_task_whether_to_step_aside(tmp_path):
+def test_the_pause_file_tells_each_task_whether_to_step_aside(tmp_path, monkeypatch):
+    monkeypatch.setattr(pausing, "LOOK_EVERY_S", 0.0)  # every ask reads the file
     path = tmp_path / "pc.pause.json"
     cpu, gpu1, science = PauseWatch(str(path), "cpu"), PauseWatch(str(path), "gpu1"), \
         PauseWatch(str(path), "cpu", science=True)
@@ -120,6 +121,18 @@ def test_the_pause_file_tells_each_task_whether_to_step_aside(tmp_path):
     pausing.write(path, "owner_input", {}, None)
     assert cpu.reason() == gpu1.reason() == science.reason() == "owner_input"
     assert PauseWatch(None, "cpu")() is False
+
+
+def test_a_task_sees_a_pause_within_its_look_interval(tmp_path):
+    path = tmp_path / "pc.pause.json"
+    watch = PauseWatch(str(path), "cpu")
+    assert not watch()
+    pausing.write(path, "owner_input", {}, None)
+    time.sleep(pausing.LOOK_EVERY_S * 1.5)
+    assert watch.reason() == "owner_input"
+    path.unlink()  # the pause file gone: nothing is paused
+    time.sleep(pausing.LOOK_EVERY_S * 1.5)
+    assert not watch()
 
 
 def test_pauses_combine_policy_operator_health_and_preemption(tmp_path):
