@@ -6,6 +6,7 @@ so the loop stays lean: apps are looked up once per batch, not per task.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -66,12 +67,22 @@ def run_tasks(
         except Exception as exc:  # noqa: BLE001 - any failure of one task is that task's client_error
             reports.append(Report(task.result_id, "client_error", _short(exc)))
             continue
-        if ckpt is not None:
-            ckpt.unlink(missing_ok=True)
         if rng is not None:
             result = perturb(result, rng)
         reports.append(Report(task.result_id, "success", result))
+    if ckpt_dir is not None:
+        _forget_checkpoints(ckpt_dir, {t.wu_id for t, r in zip(tasks, reports) if r.outcome == "success"})
     return reports
+
+
+def _forget_checkpoints(ckpt_dir: Path, finished: set[int]) -> None:
+    """The finished units' checkpoints go, in one pass over the directory: an unlink per
+    unit was nearly half of a small unit's cost. One left behind by a crash before this
+    only resumes a finished unit at its end, and the agent removes old ones."""
+    for name in os.listdir(ckpt_dir):
+        wu = name.removeprefix("wu-").removesuffix(".ckpt")
+        if wu.isdigit() and int(wu) in finished:
+            (ckpt_dir / name).unlink(missing_ok=True)
 
 
 def _short(exc: BaseException) -> str:

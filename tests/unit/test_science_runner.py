@@ -65,6 +65,18 @@ def test_should_stop_and_paused_leave_the_rest_unreported(tmp_path):
     assert [r.result_id for r in reports] == [0]
 
 
+def test_a_finished_units_checkpoint_goes_and_a_paused_ones_stays(tmp_path):
+    class Checkpointing(Energy):
+        def run(self, params, *, checkpoint=None, **kw):
+            checkpoint.write_text("progress")  # every unit writes one while it runs
+            return super().run(params, checkpoint=checkpoint, **kw)
+
+    (tmp_path / "wu-7.ckpt").write_text("another unit's, not in this task")
+    reports = run_tasks(tasks(1, 2, 99), apps=lambda name: Checkpointing(), checkpoint_dir=tmp_path)
+    assert [r.result_id for r in reports] == [0, 1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wu-102.ckpt", "wu-7.ckpt"]
+
+
 def test_corrupt_mode_lies_on_every_success():
     app = Energy()
     honest = run_tasks(tasks(5, 6), apps=lambda name: app)
