@@ -13,8 +13,6 @@ best of each is kept. Last line, JSON.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import ipaddress
 import json
 import os
 import secrets
@@ -26,45 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: E402
 
 from cluster.head import tls  # noqa: E402
-from workers.raynode import NO_LOG_MONITOR, RayNode, free_ports, node_ports_args, port_in_use, ray_env  # noqa: E402
+from workers.raynode import NO_LOG_MONITOR, RayNode, free_ports, node_ports_args, port_in_use, ray_env, ray_tls_env  # noqa: E402
 
 IP = "127.0.0.2"
-
-
-def node_certificate(ca_dir: Path, out: Path) -> tuple[Path, Path]:
-    """A certificate for IP signed by the head's CA, for both ends of Ray's mutual
-    TLS: every Ray process serves and calls with the same pair, so it needs
-    clientAuth as well as the serverAuth the head's API certificate has."""
-    files = tls.ensure(ca_dir, IP)  # the CA (and the API's own certificate)
-    ca_key = serialization.load_pem_private_key((ca_dir / "ca.key").read_bytes(), password=None)
-    ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"salvage ray node {IP}")]))
-            .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(IP))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    cert_path, key_path = out / "node.pem", out / "node.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(0o600)
-    return cert_path, key_path
-
-
-def tls_env(ca: Path, cert: Path, key: Path) -> dict[str, str]:
-    return {"RAY_USE_TLS": "1", "RAY_TLS_SERVER_CERT": str(cert), "RAY_TLS_SERVER_KEY": str(key),
-            "RAY_TLS_CA_CERT": str(ca)}
 
 
 DRIVER = """
@@ -97,7 +61,7 @@ print(json.dumps({"tasks_per_s": tasks_per_s, "transfer_mb_per_s": max(rates)}))
 
 def run_mode(use_tls: bool, certs: tuple[Path, Path, Path], work: Path, n_tasks: int, mb: int) -> dict:
     token = secrets.token_hex(32)
-    extra = tls_env(*certs) if use_tls else {}
+    extra = ray_tls_env(*certs) if use_tls else {}
     env = ray_env(token, extra)
     port, dash, client = free_ports(3, IP)
     store = ["--object-store-memory", str(300 * 2**20)]
@@ -137,8 +101,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ca_dir = work / "tls"
-        cert, key = node_certificate(ca_dir, work)
-        certs = (ca_dir / "ca.pem", cert, key)
+        files = tls.ray_head(ca_dir, IP)  # head and node share one address here, so one certificate
+        certs = (files.ca, files.cert, files.key)
         best: dict[str, dict[str, float]] = {"plain": {}, "tls": {}}
         for _ in range(args.rounds):
             for mode in ("plain", "tls"):

@@ -32,6 +32,7 @@ from .metrics import AgentCollector
 from .pauses import Pauses
 from .policy import Policy
 from .raynode import NO_LOG_MONITOR, NodePorts, RayNode, node_ports_args, ray_env, start_lock
+from .raytls import node_tls_env
 from .records import MAX_TEXT, NAME_RE, GpuSample, HostInfo
 from .tasks.claims import CLAIMS_DIR_ENV, claim_names, claimed
 from .tasks.pausing import PAUSE_FILE_ENV
@@ -138,6 +139,7 @@ class Agent:
         self.head = HeadClient(host, int(port), config.token)
         self.health = HealthMonitor(check=self._health_check)
         self.pauses: Pauses | None = None  # made at join, once the log dir is known
+        self.head_ca: Path | None = None  # the LAN head's CA, once fetched and checked
         self.beat_now = False  # a pause or resume: tell the head without waiting for the next beat
         self.boinc = BoincManager(config.boinc.rpc(), idle_s=config.boinc.idle_s) if config.boinc else None
         self._boinc_paused = False
@@ -158,6 +160,7 @@ class Agent:
         ca_file.parent.mkdir(parents=True, exist_ok=True)
         ca_file.write_text(pem)
         self.head = HeadClient(self.head_host, self.head_port, self.config.token, ca_file=ca_file)
+        self.head_ca = ca_file
 
     def contact_head(self) -> dict:
         deadline = time.monotonic() + JOIN_TIMEOUT_S
@@ -275,6 +278,13 @@ class Agent:
         if store:
             args += ["--object-store-memory", store]
         env = ray_env(self.config.token, self.config.ray_env)
+        if cluster.get("ray_tls"):  # a LAN head: Ray's traffic is encrypted, with a certificate for this node
+            if self.head_ca is None:
+                raise JoinError("tls: the head runs Ray over TLS; join with --ca-fingerprint from its join line")
+            try:
+                env.update(node_tls_env(self.head, ip, self.head_ca, self.config.log_dir, info.name))
+            except (HeadError, HeadUnreachable) as err:
+                raise JoinError(str(err)) from None
         # Ray's workers inherit the raylet's environment: every job this node runs sees
         # the owner's limit, the pause file and where science keeps its checkpoints.
         env[DUTY_CYCLE_ENV] = repr(min(self.config.duty_cycle, self.config.policy.duty_cycle))

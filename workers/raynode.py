@@ -190,6 +190,12 @@ def ray_env(token: str | None, extra: dict[str, str] | None = None) -> dict[str,
     return env
 
 
+def ray_tls_env(ca: Path, cert: Path, key: Path) -> dict[str, str]:
+    """Ray's mutual TLS on every gRPC channel of a process, and of the workers it starts."""
+    return {"RAY_USE_TLS": "1", "RAY_TLS_SERVER_CERT": str(cert), "RAY_TLS_SERVER_KEY": str(key),
+            "RAY_TLS_CA_CERT": str(ca)}
+
+
 class RayNode:
     def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
         self.args = args

@@ -8,7 +8,10 @@ import sys
 import traceback
 from pathlib import Path
 
+from workers.raynode import ray_tls_env
+
 from .state import StateDir
+from .tls import ray_head
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     # Ray's servers listen on every address even on loopback, so its token auth is
     # always on. Imported only now: Ray reads its auth settings from the environment once.
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=state.token())
+    if config.lan:  # and on the LAN its traffic is encrypted: this process and the Ray head it starts
+        files = ray_head(state.tls_dir, config.host)
+        os.environ.update(ray_tls_env(files.ca, files.cert, files.key))
     from .coordinator import Coordinator
 
     return Coordinator(state, config).run()

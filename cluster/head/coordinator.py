@@ -37,7 +37,7 @@ from workers.raynode import (
     start_lock,
 )
 
-from . import alertmanager, tls
+from . import alertmanager, raytls, tls
 from .boinc import BoincFleet
 from .db import Database
 from .hosts import HostRecords, HostsApi
@@ -116,6 +116,7 @@ class Coordinator:
         if self.tls is not None:  # what an agent checks against the join line's fingerprint
             self.routes[("GET", "/api/tls/ca")] = Route(
                 lambda _q: (self.tls.ca.read_bytes(), "application/x-pem-file"), kind="page", open=True)
+            self.routes[("POST", "/api/tls/ray-node")] = Route(raytls.sign_route(state.tls_dir))
 
     def log(self, message: str) -> None:
         try:
@@ -145,8 +146,8 @@ class Coordinator:
     # --- API ---
     def api_cluster(self, _body: dict) -> dict:
         """What a PC needs to join, and what `salvage doctor` compares it with."""
-        return {"ray_address": self.config.ray_address, "lan": self.config.lan, "epoch": self.hosts_api.epoch,
-                "versions": VERSIONS, "time": time.time()}
+        return {"ray_address": self.config.ray_address, "lan": self.config.lan, "ray_tls": self.config.lan,
+                "epoch": self.hosts_api.epoch, "versions": VERSIONS, "time": time.time()}
 
     def metrics_page(self, _query: dict) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -1,10 +1,14 @@
-"""The head's own certificate authority, for its API on the LAN.
+"""The head's own certificate authority, for its API and Ray's traffic on the LAN.
 
 At the first `cluster up --host`, the head makes a CA (its key never leaves the
 state dir) and signs a server certificate for the address it listens on. The
 join line carries the CA's SHA-256 fingerprint: an agent fetches the CA once,
 checks that fingerprint, and from then on talks to the head over verified TLS,
 so the bearer token never crosses the LAN in clear.
+
+Ray's gRPC runs mutual TLS with certificates from the same CA: the head signs
+its own Ray node's, and each PC's at its join (cluster/head/raytls.py), for the
+one address that node serves on.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_YEARS = 10
 SERVER_YEARS = 2
+RAY_NODE_YEARS = 2
 
 
 @dataclass(frozen=True)
@@ -48,13 +53,42 @@ def ensure(directory: Path, host: str) -> TlsFiles:
         ca_key = ec.generate_private_key(ec.SECP256R1())
         _write(ca_key_path, _key_pem(ca_key))
         _write(files.ca, _ca_cert(ca_key).public_bytes(serialization.Encoding.PEM))
-    if not _server_fits(files.cert, host):
-        ca_key = serialization.load_pem_private_key(ca_key_path.read_bytes(), password=None)
-        ca = x509.load_pem_x509_certificate(files.ca.read_bytes())
+    if not _fits(files.cert, host):
         key = ec.generate_private_key(ec.SECP256R1())
         _write(files.key, _key_pem(key))
-        _write(files.cert, _server_cert(ca, ca_key, key, host).public_bytes(serialization.Encoding.PEM))
+        _write(files.cert, _sign(directory, key.public_key(), host, [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_YEARS))
     return files
+
+
+def ray_head(directory: Path, host: str) -> TlsFiles:
+    """The CA and the head's own Ray node certificate for `host`, made once like the API's."""
+    files = TlsFiles(ensure(directory, host).ca, directory / "ray-head.pem", directory / "ray-head.key")
+    if not _fits(files.cert, host):
+        key = ec.generate_private_key(ec.SECP256R1())
+        _write(files.key, _key_pem(key))
+        _write(files.cert, sign_ray_node(directory, key.public_key(), host))
+    return files
+
+
+def sign_ray_node(directory: Path, public_key, ip: str) -> bytes:
+    """A certificate (PEM) for a Ray node at `ip`: every Ray process both serves and
+    calls with its node's pair, so it is good for server and client auth."""
+    return _sign(directory, public_key, ip, [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+                 RAY_NODE_YEARS)
+
+
+def _sign(directory: Path, public_key, host: str, usages: list, years: int) -> bytes:
+    ca_key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), password=None)
+    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(ca.subject)
+            .public_key(public_key).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * years))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _name(common: str) -> x509.Name:
@@ -75,18 +109,7 @@ def _ca_cert(key: ec.EllipticCurvePrivateKey) -> x509.Certificate:
             .sign(key, hashes.SHA256()))
 
 
-def _server_cert(ca: x509.Certificate, ca_key, key: ec.EllipticCurvePrivateKey, host: str) -> x509.Certificate:
-    now = dt.datetime.now(dt.timezone.utc)
-    return (x509.CertificateBuilder().subject_name(_name(host)).issuer_name(ca.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(days=365 * SERVER_YEARS))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-
-
-def _server_fits(path: Path, host: str) -> bool:
+def _fits(path: Path, host: str) -> bool:
     try:
         cert = x509.load_pem_x509_certificate(path.read_bytes())
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value

@@ -10,6 +10,8 @@ import os
 import re
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 from pathlib import Path
 
@@ -155,6 +157,47 @@ def test_a_pc_joins_from_its_env_files_and_status_from_elsewhere_shows_it(head, 
     proc = remote(head, pc, "cluster", "status", check=False, ca=False)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode != 0 and len(lines) == 1 and "--ca-fingerprint" in lines[0], proc.stderr
+
+
+def tls_handshake(port: int, ca: Path, pair: tuple[Path, Path] | None) -> dict:
+    """The certificate a Ray server on the LAN address shows a client (with `pair`, a mutual-TLS one)."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.set_alpn_protocols(["h2"])  # gRPC's
+    if pair:
+        context.load_cert_chain(*map(str, pair))
+    with socket.create_connection((LAN, port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname=LAN) as conn:
+        peer = conn.getpeercert()
+        conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # a server that wants a client cert says so by now
+        if not conn.recv(1):
+            raise ConnectionError("the server closed the connection")
+        return peer
+
+
+def test_ray_on_the_lan_speaks_only_mutual_tls_with_the_heads_ca(head, pc):
+    wait_for(lambda: "pc-op" in remote(head, pc, "worker", "list").stdout, 120, "pc-op")
+    tls_dir = head.state / "tls"
+    ray_port = json.loads((head.state / "head.json").read_text())["ray_port"]
+    # The PC's raylet (and so every worker it starts) runs with its own certificate.
+    raylets = [p for p in psutil.process_iter(["cmdline"]) if "raylet" in " ".join(p.info["cmdline"] or [])[:300]
+               and p.environ().get("RAY_TLS_SERVER_CERT", "").endswith("pc-op-ray.pem")]
+    assert raylets, "no raylet of pc-op runs with its certificate"
+    env = raylets[0].environ()
+    assert env["RAY_USE_TLS"] == "1" and Path(env["RAY_TLS_CA_CERT"]).read_text() == (tls_dir / "ca.pem").read_text()
+    assert os.stat(env["RAY_TLS_SERVER_KEY"]).st_mode & 0o777 == 0o600
+    # The head's GCS shows a certificate for the LAN address from the head's CA...
+    peer = tls_handshake(ray_port, tls_dir / "ca.pem", (tls_dir / "ray-head.pem", tls_dir / "ray-head.key"))
+    assert ("IP Address", LAN) in peer["subjectAltName"]
+    # ... and lets no one in without a certificate of its own, nor in plain text.
+    with pytest.raises((ssl.SSLError, ConnectionError)):
+        tls_handshake(ray_port, tls_dir / "ca.pem", None)
+    with socket.create_connection((LAN, ray_port), timeout=10) as plain:
+        plain.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        try:
+            answer = plain.recv(100)
+        except ConnectionError:
+            answer = b""
+        assert not answer.startswith(b"\x00\x00"), answer  # no HTTP/2 frame comes back in clear
 
 
 @pytest.mark.skipif(not CORPUS.exists(), reason=f"training corpus not found at {CORPUS}")

@@ -9,12 +9,15 @@ import threading
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from cluster.head import http as head_http
-from cluster.head import tls
+from cluster.head import raytls, tls
 from cluster.head.http import Route, serve
 from workers.headclient import HeadClient, HeadError, HeadUnreachable, fetch_ca, fingerprint
 from workers.raynode import free_ports
+from workers.raytls import node_tls_env
 
 TOKEN = "t" * 64
 HOST = "127.0.0.2"
@@ -167,3 +170,35 @@ def test_lan_mode_speaks_tls_with_the_heads_own_ca_pinned_by_fingerprint(tmp_pat
 def test_the_head_refuses_to_serve_without_a_token():
     with pytest.raises(ValueError, match="^token:"):
         serve({}, HOST, free_ports(1, HOST)[0], "", log=lambda line: None)
+
+
+def test_a_pc_gets_a_ray_node_certificate_for_its_own_address_and_bad_requests_get_400(tmp_path):
+    (port,) = free_ports(1, HOST)
+    files = tls.ensure(tmp_path / "tls", HOST)
+    server = serve({("POST", "/api/tls/ray-node"): Route(raytls.sign_route(tmp_path / "tls"))}, HOST, port, TOKEN,
+                   log=lambda line: None, tls=files.server_context())
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        head = HeadClient(HOST, port, TOKEN, ca_file=files.ca)
+        env = node_tls_env(head, "127.0.0.7", files.ca, tmp_path, "pc1")
+        assert env["RAY_USE_TLS"] == "1" and env["RAY_TLS_CA_CERT"] == str(files.ca)
+        cert = x509.load_pem_x509_certificate((tmp_path / "pc1-ray.pem").read_bytes())
+        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(files.ca.read_bytes()))
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.7"]
+        assert oct((tmp_path / "pc1-ray.key").stat().st_mode & 0o777) == "0o600"
+        good_key = x509.load_pem_x509_certificate(files.cert.read_bytes()).public_key()
+        pem = good_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+        for body, field in (({"ip": "pc1.lan", "public_key": pem}, "ip"), ({"public_key": pem}, "ip"),
+                            ({"ip": "127.0.0.7", "public_key": "not a key"}, "public_key"),
+                            ({"ip": "127.0.0.7", "public_key": pem * 10}, "public_key")):
+            with pytest.raises(HeadError, match=f"^{field}:") as err:
+                head.post("/api/tls/ray-node", body)
+            assert err.value.status == 400
+        with pytest.raises(HeadError) as err:  # no token, no certificate
+            HeadClient(HOST, port, "x" * 64, ca_file=files.ca).post("/api/tls/ray-node", {"ip": "127.0.0.7",
+                                                                                          "public_key": pem})
+        assert err.value.status == 401
+    finally:
+        server.shutdown()
+        server.server_close()
