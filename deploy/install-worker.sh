@@ -13,7 +13,8 @@
 #   --name NAME          name this PC reports to the head (default: its hostname)
 #   --source SRC         what pip installs: a checkout, a wheel, or a URL
 #                        (default: the checkout this script is in)
-#   --python PYTHON      interpreter for the venv, 3.11 or newer (default: python3)
+#   --python PYTHON      interpreter for the venv, 3.11 or newer, that the salvage user
+#                        can run (default: python3)
 #   --dry-run            print what would be written and run; change nothing
 #
 # The token goes to /etc/salvage/worker.token (mode 600, owned by the `salvage`
@@ -199,6 +200,9 @@ main() {
         run useradd --system --home-dir "$STATE_DIR" --shell /usr/sbin/nologin "$SERVICE_USER"
     fi
     run "$python" -m venv "$VENV"
+    if ((!dry_run)) && ! runuser -u "$SERVICE_USER" -- "$VENV/bin/python" -c '' 2>/dev/null; then
+        die "--python: the $SERVICE_USER user cannot run $python (under root's home?); give the system's, e.g. --python /usr/bin/python3"
+    fi
     run "$VENV/bin/pip" install --upgrade "$source"
     printf '%s' "$token" | write_file "$TOKEN_FILE" 600 "$SERVICE_USER" "the cluster's token"
     env_text "$address" "$fingerprint" "$name" | write_file "$ENV_FILE" 644

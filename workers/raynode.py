@@ -40,12 +40,19 @@ def start_lock():
     socket files by counting the ones that exist, so two nodes starting at
     once pick the same name and one fails."""
     path = Path(tempfile.gettempdir()) / "salvage-ray-start.lock"
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    # Read-only and readable by all: the head's service user, an admin's `salvage demo`
+    # and any other user's agent share Ray's /tmp/ray, so they share this lock too.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        with contextlib.suppress(OSError):  # only its creator may; everyone else just reads it
+            os.fchmod(fd, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def _group_alive(group: int) -> bool:
