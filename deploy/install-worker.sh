@@ -192,6 +192,10 @@ main() {
     if ((!dry_run)); then
         ((EUID == 0)) || die "must run as root (it installs a system service); try --dry-run"
         command -v systemctl >/dev/null || die "systemctl not found: this PC does not run systemd"
+        # Checked before anything changes (as sd_booted does): a container has systemctl
+        # without systemd, and would otherwise end up half installed.
+        [[ -d /run/systemd/system ]] \
+            || die "systemd is not running here (no /run/systemd/system); run the agent by hand: salvage worker join --help"
         "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
             || die "--python: expected Python 3.11 or newer, got $("$python" --version 2>&1)"
     fi

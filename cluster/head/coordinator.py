@@ -195,7 +195,10 @@ class Coordinator:
         "last head" in a hint file (for address="auto", unused here)."""
         hint = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         try:
-            if hint.read_text().strip() == self.config.ray_address:
+            # Another user's hint (an admin's `salvage demo` before the service's head)
+            # cannot be rewritten, and `ray start --head` gives up on it: /tmp/ray is
+            # everyone's, so the file can be removed instead.
+            if not os.access(hint, os.W_OK) or hint.read_text().strip() == self.config.ray_address:
                 hint.unlink()
         except OSError:
             pass
