@@ -58,8 +58,9 @@ sys.path.insert(0, str(REPO / "tests" / "support"))
 from localcluster import SALVAGE, LocalCluster, salvage, test_env
 
 from jobs.gpt.adamw import AdamW
+from jobs.gpt.batches import BatchSampler
 from jobs.gpt.config import ConfigError, GPTConfig, load_config
-from jobs.gpt.data import BatchSampler, Dataset, prepare_data
+from jobs.gpt.data import Dataset, prepare_data
 from jobs.gpt.model import GPT
 from jobs.gpt.schedule import lr_at
 

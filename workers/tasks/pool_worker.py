@@ -43,7 +43,8 @@ def corrupted(kind: str, result: tuple) -> tuple:
 class PoolWorker:
     def __init__(self, config: dict, data: str | None, seed: int, codec: str,
                  sampler_state: dict | None = None, device: str = "cpu"):
-        from jobs.gpt.data import default_cache_dir, fixed_batches, prepare_data
+        from jobs.gpt.batches import fixed_batches
+        from jobs.gpt.data import default_cache_dir, prepare_data
         from jobs.gpt.diloco import LocalTrainer
 
         self.cfg = GPTConfig.from_dict(config)
