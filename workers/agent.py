@@ -309,6 +309,9 @@ class Agent:
                 # 425: the head has not seen our Ray node yet; it takes a few seconds.
                 if err.status != 425 or time.monotonic() > deadline:
                     raise JoinError(str(err)) from None
+            except HeadUnreachable as err:  # a busy head: asked again until the deadline
+                if time.monotonic() > deadline:
+                    raise JoinError(f"address: the head stopped answering while this PC registered [{err}]") from None
             if not self.ray_node.alive():
                 raise JoinError(f"ray: the Ray node exited while joining: {self.ray_node.log_tail(3)}")
             time.sleep(0.5)

@@ -71,14 +71,24 @@ def ray_executable() -> str:
     return str(beside) if beside.exists() else (shutil.which("ray") or "ray")
 
 
+# Ray binds these on every head without being asked (its autoscaler's and its
+# dashboard's metrics): a port picked free for another of its processes must not be one.
+RAY_OWN_PORTS = frozenset({44217, 44227})
+
+
 def free_ports(count: int, host: str = "127.0.0.2") -> list[int]:
-    """`count` distinct free ports: the sockets stay open until all are picked,
-    so the kernel cannot hand the same port out twice."""
-    socks = [socket.socket() for _ in range(count)]
+    """`count` distinct free ports, none of Ray's own: the sockets stay open until
+    all are picked, so the kernel cannot hand the same port out twice."""
+    socks: list[socket.socket] = []
+    picked: list[int] = []
     try:
-        for s in socks:
+        while len(picked) < count:
+            s = socket.socket()
+            socks.append(s)
             s.bind((host, 0))
-        return [s.getsockname()[1] for s in socks]
+            if s.getsockname()[1] not in RAY_OWN_PORTS:
+                picked.append(s.getsockname()[1])
+        return picked
     finally:
         for s in socks:
             s.close()
