@@ -25,8 +25,8 @@ def run_science_tasks(rows: list[tuple], device: str) -> list[tuple]:
     ckpt = os.environ.get(CHECKPOINT_DIR_ENV)
     ours = "gpu0" if device.startswith("cuda") else "cpu"
     with DeviceClaim.here(ours):  # the PC's own volunteer client lets go of it now
-        # Imported once the device is claimed: the apps bring torch, seconds to load on
-        # an old PC, and BOINC should not hold the device all that time.
+        # Imported once the device is claimed: an app that computes with torch loads it
+        # as its first unit runs, seconds on an old PC, after BOINC has let go.
         from jobs.science.runner import run_tasks
 
         reports = run_tasks([Task(*row) for row in rows], device=device,
