@@ -208,9 +208,17 @@ def _v2_integrity(conn: sqlite3.Connection) -> None:
                  " at REAL NOT NULL)")
 
 
+def _v3_unsent_copies(conn: sqlite3.Connection) -> None:
+    """Each batch counts the copies its units are still owed (the sum of their
+    `need`), so that a status query is one row, not a scan of the unsent units."""
+    conn.execute("ALTER TABLE sci_batch ADD COLUMN n_res_unsent INTEGER NOT NULL DEFAULT 0")
+    conn.execute("UPDATE sci_batch SET n_res_unsent ="
+                 " (SELECT coalesce(sum(need), 0) FROM sci_wu WHERE sci_wu.batch_id = sci_batch.id)")
+
+
 # Migration k (1-based) brings a file from user_version k-1 to k. Append only:
 # a released migration never changes, or files that already had it would differ.
-MIGRATIONS = [_v1_baseline, _v2_integrity]
+MIGRATIONS = [_v1_baseline, _v2_integrity, _v3_unsent_copies]
 LATEST = len(MIGRATIONS)
 
 

@@ -48,6 +48,9 @@ _CHECKS: list[tuple[str, str]] = [
      f" LEFT JOIN sci_wu w ON w.batch_id = b.id GROUP BY b.id"
      f" HAVING b.n_done != count(w.state = {_DONE} OR NULL) OR b.n_error != count(w.state > {_DONE} OR NULL)"
      f" OR b.n_assimilated != count(w.assim_seq)"),
+    ("batch {0}: counts {1} unsent copies but its units need {2}",
+     "SELECT b.id, b.n_res_unsent, coalesce(sum(w.need), 0) FROM sci_batch b LEFT JOIN sci_wu w"
+     " ON w.batch_id = b.id GROUP BY b.id HAVING b.n_res_unsent != coalesce(sum(w.need), 0)"),
     ("batch {0}: assim_seq values are not 0..n-1",
      "SELECT batch_id FROM sci_wu WHERE assim_seq IS NOT NULL GROUP BY batch_id"
      " HAVING count(DISTINCT assim_seq) != count(*) OR min(assim_seq) != 0 OR max(assim_seq) != count(*) - 1"),

@@ -130,7 +130,12 @@ class ScienceDispatch:
         if not self.inflight:
             time.sleep(timeout)
             return
-        ready, _ = ray.wait(list(self.inflight), num_returns=len(self.inflight), timeout=timeout)
+        refs = list(self.inflight)
+        # Back as soon as one task is done, with every other that is: waiting for all
+        # of them left the head idle while reports sat ready.
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready and len(refs) > 1:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         for ref in ready:
             host, node_id, ids, t0, n = self.inflight.pop(ref)
             try:

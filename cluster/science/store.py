@@ -136,13 +136,14 @@ class _Res:
 
 class _Wu:
     __slots__ = ("id", "batch_id", "params", "flops", "min_quorum", "target", "max_error", "max_total",
-                 "state", "error", "need", "single", "n_sent", "canonical", "assim_seq", "dirty")
+                 "state", "error", "need", "single", "n_sent", "canonical", "assim_seq", "dirty", "need0")
 
     def __init__(self, row: tuple):
         (self.id, self.batch_id, self.params, self.flops, self.min_quorum, self.target, self.max_error,
          self.max_total, self.state, self.error, self.need, self.single, self.n_sent, self.canonical,
          self.assim_seq) = row
         self.dirty = False
+        self.need0 = self.need  # as stored: the batch's count of unsent copies moves by the difference
 
 
 class _Call:
@@ -347,9 +348,9 @@ class ScienceStore:
                 return earlier["batch"]
             cur = self.conn.execute(
                 "INSERT INTO sci_batch(app, version, need_gpu, gpu_capable, min_vram, min_cc, created, n_wu,"
-                " n_wu_unsent, output) VALUES (?,?,?,?,?,?,?,?,?, '')",
+                " n_wu_unsent, n_res_unsent, output) VALUES (?,?,?,?,?,?,?,?,?,?, '')",
                 (app.name, app.version, int(needs.gpu), int(needs.gpu_capable), int(needs.min_vram_bytes),
-                 float(needs.min_compute_capability), now, len(rows), len(rows)),
+                 float(needs.min_compute_capability), now, len(rows), len(rows), len(rows) * target),
             )
             bid = cur.lastrowid
             output = f"batch-{bid}.jsonl"
@@ -416,6 +417,7 @@ class ScienceStore:
         inserts = []
         updates = []
         fresh = 0
+        unsent = 0  # copies no longer owed: this one, and a single copy's others
         app, version = batch.app, batch.version
         for wid, params, delay, need, n_sent, quorum in rows:
             rid = next_id
@@ -427,6 +429,7 @@ class ScienceStore:
                     single = 1
             inserts.append((rid, wid, hid, now + delay))
             updates.append((0 if single else need - 1, single, wid))
+            unsent += need if single else 1
             tasks.append(Task(rid, wid, app, version, params))
         bid = batch.id
         self.conn.executemany(
@@ -436,8 +439,9 @@ class ScienceStore:
         )
         self.conn.executemany("UPDATE sci_wu SET need=?, single=?, n_sent=n_sent+1 WHERE id=?", updates)
         self.conn.execute(
-            "UPDATE sci_batch SET n_wu_unsent = n_wu_unsent - ?, started = coalesce(started, ?) WHERE id=?",
-            (fresh, now, bid),
+            "UPDATE sci_batch SET n_wu_unsent = n_wu_unsent - ?, n_res_unsent = n_res_unsent - ?,"
+            " started = coalesce(started, ?) WHERE id=?",
+            (fresh, unsent, now, bid),
         )
         self.conn.execute(
             "INSERT INTO sci_batch_host(batch_id, host_id, n_sent) VALUES (?,?,?)"
@@ -811,11 +815,19 @@ class ScienceStore:
                 "UPDATE sci_result SET server=?, outcome=?, validate=?, received=?, payload=?, credit=? WHERE id=?",
                 res_rows,
             )
-        wu_rows = [(w.state, w.error, w.need, w.single, w.canonical, w.assim_seq, w.id) for w in wus if w.dirty]
+        wu_rows = []
+        unsent: dict[int, int] = {}  # batch -> change in copies owed
+        for w in wus:
+            if w.dirty:
+                wu_rows.append((w.state, w.error, w.need, w.single, w.canonical, w.assim_seq, w.id))
+                if w.need != w.need0:
+                    unsent[w.batch_id] = unsent.get(w.batch_id, 0) + w.need - w.need0
         if wu_rows:
             conn.executemany(
                 "UPDATE sci_wu SET state=?, error=?, need=?, single=?, canonical=?, assim_seq=? WHERE id=?", wu_rows
             )
+        conn.executemany("UPDATE sci_batch SET n_res_unsent = n_res_unsent + ? WHERE id=?",
+                         [(d, bid) for bid, d in unsent.items() if d])
         for bid, (done, err) in call.batch_delta.items():
             conn.execute(
                 "UPDATE sci_batch SET n_done=n_done+?, n_error=n_error+?,"
@@ -952,14 +964,16 @@ class ScienceStore:
         batch = self._batch(batch_id)
         with self._lock:
             conn = self.conn
-            n_wu, unsent_wu, n_done, n_error, started, finished, created = conn.execute(
-                "SELECT n_wu, n_wu_unsent, n_done, n_error, started, finished, created FROM sci_batch WHERE id=?",
+            n_wu, unsent_wu, unsent, n_done, n_error, started, finished, created = conn.execute(
+                "SELECT n_wu, n_wu_unsent, n_res_unsent, n_done, n_error, started, finished, created"
+                " FROM sci_batch WHERE id=?",
                 (batch_id,),
             ).fetchone()
-            unsent, quorum = conn.execute(
-                "SELECT coalesce(sum(need), 0), coalesce(max(min_quorum), 0) FROM sci_wu WHERE batch_id=? AND need > 0",
-                (batch_id,),
+            # A batch's units share one policy: any unit still owed copies has its quorum.
+            owed = conn.execute(
+                "SELECT min_quorum FROM sci_wu WHERE batch_id=? AND need > 0 LIMIT 1", (batch_id,)
             ).fetchone()
+            quorum = owed[0] if owed else 0
             errors = {
                 _ERROR_NAMES[e]: n
                 for e, n in conn.execute(

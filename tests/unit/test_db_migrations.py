@@ -73,3 +73,24 @@ def test_a_file_from_a_newer_salvage_is_refused_and_left_as_it_was(tmp_path):
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == LATEST + 1
     assert check.execute("SELECT name FROM sqlite_master WHERE name = 'from_the_future'").fetchone()
+
+
+def test_a_version_2_file_gets_each_batchs_count_of_unsent_copies(tmp_path):
+    """Version 3 keeps the copies a batch is owed in one counter (status reads one
+    row): a file from before it gets the counter from its units."""
+    store = ScienceStore(tmp_path / "salvage.db", tmp_path / "science")
+    batch = store.submit("noop", [{"x": i} for i in range(5)], min_quorum=2)
+    assert store.batch_status(batch)["results"]["unsent"] == 10
+    store.close()
+    conn = sqlite3.connect(tmp_path / "salvage.db")
+    conn.execute("ALTER TABLE sci_batch DROP COLUMN n_res_unsent")  # as version 2 wrote it
+    conn.execute("PRAGMA user_version = 2")
+    conn.commit()
+    conn.close()
+    store = ScienceStore(tmp_path / "salvage.db", tmp_path / "science")
+    try:
+        status = store.batch_status(batch)
+        assert (status["results"]["unsent"], status["quorum"]) == (10, 2)
+        assert store.check_consistency() == []
+    finally:
+        store.close()
