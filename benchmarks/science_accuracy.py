@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from multiprocessing import Pool
 
@@ -136,7 +137,13 @@ def run_hp(names: list[str], seeds: int, procs: int, efforts: list[str]) -> list
                 effort = HP_OLD_EFFORT if effort_name == "old" else {}
                 params = app.validate_params({"sequence": sequence, **effort})
                 start = time.perf_counter()
-                out = pool.map(_fold, [(sequence, s, effort) for s in range(seeds)], chunksize=1)
+                out = []
+                # A 100-residue batch runs for an hour: say how far it is, and the best so far.
+                for energy, cpu in pool.imap_unordered(_fold, [(sequence, s, effort) for s in range(seeds)]):
+                    out.append((energy, cpu))
+                    print(f"  {name}: {len(out)}/{seeds} units, best so far {min(e for e, _ in out)}"
+                          f" (best-known {best_known}), {time.perf_counter() - start:.0f} s",
+                          file=sys.stderr, flush=True)
                 wall = time.perf_counter() - start
                 energies = [e for e, _ in out]
                 unit_cpu = [c for _, c in out]
