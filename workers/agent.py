@@ -31,6 +31,7 @@ from .host import Poll, cpu_model, disk_path, sample_host
 from .metrics import AgentCollector
 from .pauses import Pauses
 from .policy import Policy
+from .privatefile import write_private
 from .raynode import NO_LOG_MONITOR, NodePorts, RayNode, node_ports_args, ray_env, start_lock
 from .raytls import node_tls_env
 from .records import MAX_TEXT, NAME_RE, GpuSample, HostInfo
@@ -239,13 +240,7 @@ class Agent:
     def keep_secret(self, secret: str) -> None:
         """Written 0600 and in one step: the name is lost to this PC without it."""
         self.secret_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.secret_file.with_name(f".{self.secret_file.name}.{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.secret_file)
+        write_private(self.secret_file, (secret + "\n").encode())
 
     def check_name_free(self) -> None:
         try:

@@ -7,7 +7,6 @@ the PC owner's alone (0600), made afresh at every join: nothing to renew.
 from __future__ import annotations
 
 import ipaddress
-import os
 from pathlib import Path
 
 from cryptography import x509
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .headclient import HeadClient, HeadError
+from .privatefile import write_private
 from .raynode import ray_tls_env
 
 
@@ -31,15 +31,9 @@ def node_tls_env(head: HeadClient, ip: str, ca_file: Path, directory: Path, name
     if ipaddress.ip_address(ip) not in names.get_values_for_type(x509.IPAddress):
         raise HeadError(502, f"tls: the head signed a Ray node certificate that is not for {ip}")
     key_file, cert_file = directory / f"{name}-ray.key", directory / f"{name}-ray.pem"
-    _write(key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+    write_private(key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-    _write(cert_file, cert.public_bytes(serialization.Encoding.PEM))
+    write_private(cert_file, cert.public_bytes(serialization.Encoding.PEM))
     return ray_tls_env(ca_file, cert_file, key_file)
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

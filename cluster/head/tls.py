@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from workers.privatefile import write_private
 
 CA_YEARS = 10
 SERVER_YEARS = 2
@@ -51,12 +52,12 @@ def ensure(directory: Path, host: str) -> TlsFiles:
     ca_key_path = directory / "ca.key"
     if not files.ca.exists() or not ca_key_path.exists():
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        _write(ca_key_path, _key_pem(ca_key))
-        _write(files.ca, _ca_cert(ca_key).public_bytes(serialization.Encoding.PEM))
+        write_private(ca_key_path, _key_pem(ca_key))
+        write_private(files.ca, _ca_cert(ca_key).public_bytes(serialization.Encoding.PEM))
     if not _fits(files.cert, host):
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(files.key, _key_pem(key))
-        _write(files.cert, _sign(directory, key.public_key(), host, [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_YEARS))
+        write_private(files.key, _key_pem(key))
+        write_private(files.cert, _sign(directory, key.public_key(), host, [ExtendedKeyUsageOID.SERVER_AUTH], SERVER_YEARS))
     return files
 
 
@@ -65,8 +66,8 @@ def ray_head(directory: Path, host: str) -> TlsFiles:
     files = TlsFiles(ensure(directory, host).ca, directory / "ray-head.pem", directory / "ray-head.key")
     if not _fits(files.cert, host):
         key = ec.generate_private_key(ec.SECP256R1())
-        _write(files.key, _key_pem(key))
-        _write(files.cert, sign_ray_node(directory, key.public_key(), host))
+        write_private(files.key, _key_pem(key))
+        write_private(files.cert, sign_ray_node(directory, key.public_key(), host))
     return files
 
 
@@ -124,11 +125,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
                              serialization.NoEncryption())
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
