@@ -11,8 +11,9 @@ transitioner/validator/credit/trust logic in memory, and writes the changes
 back with executemany — no per-row round trips on the hot path.
 
 Semantics (BOINC's, with these choices):
-- Unsent copies are a per-WU count (`need`); a copy gets a row, and a host,
-  when sent. (wu_id, host_id) is unique: replicas never share a host.
+- Unsent copies are a per-WU count (`need`), summed per batch in
+  `n_res_unsent`; a copy gets a row, and a host, when sent. One machine never
+  has two copies of a WU out or counted, whatever names it runs.
 - A WU errors with too_many_errors when its client_error + no_reply copies
   exceed max_error_results; with too_many_total_results when it needs a copy
   but max_total_results were sent; with no_consensus when that happens while
