@@ -32,7 +32,7 @@ def node_tls_env(head: HeadClient, ip: str, ca_file: Path, directory: Path, name
         raise HeadError(502, f"tls: the head signed a Ray node certificate that is not for {ip}")
     key_file, cert_file = directory / f"{name}-ray.key", directory / f"{name}-ray.pem"
     write_private(key_file, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+                                              serialization.NoEncryption()))
     write_private(cert_file, cert.public_bytes(serialization.Encoding.PEM))
     return ray_tls_env(ca_file, cert_file, key_file)
 

@@ -5,9 +5,10 @@ task in $SALVAGE_CLAIMS_DIR as it starts, one small file per process and
 device; the agent notices a new file within a tenth of a second, checks them
 all every second, and lends the devices no file names to the PC's own volunteer
 client (BOINC). A released claim leaves a "done-" marker that counts once, so
-work shorter than the agent's look still keeps the device from BOINC. A process that dies without cleaning up (killed,
-out of memory) releases its claim by dying: a claim counts only while its
-process, started at the time the file says, lives.
+work shorter than the agent's look still keeps the device from BOINC. A process
+that dies without cleaning up (killed, out of memory) releases its claim by
+dying: a claim counts only while its process, started at the time the file
+says, lives.
 """
 from __future__ import annotations
 
