@@ -64,9 +64,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
 import signal
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -321,6 +323,8 @@ def rounds_out(rounds: list[dict], kills: list[tuple[int, str]]) -> list[int]:
 
 def peer_run(bench: Bench, t1: float, target: float, cap_factor: float) -> dict:
     """Ray Train's TorchTrainer (DDP, gloo) with batch 12 per worker on the same PCs."""
+    # The cluster's Ray requires its token, and Ray reads it from the environment on import.
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=bench.cluster.token_file.read_text().strip())
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -480,11 +484,10 @@ def main() -> int:
     if set(churns) - {"worker", "power"}:
         raise SystemExit(f"--churn: expected worker, power or none, got {args.churn!r}")
     if not args.skip_peer:
-        try:  # the peer runs after the frontier: fail now, not twenty minutes in
-            import ray.train.torch  # noqa: F401
-        except ImportError:
-            raise SystemExit("peer: Ray Train is not installed (pip install -e '.[bench]'), "
-                             "or pass --skip-peer") from None
+        # The peer runs after the frontier: fail now, not twenty minutes in. Checked in a
+        # child process, because importing Ray here would fix its auth settings too early.
+        if subprocess.run([sys.executable, "-c", "import ray.train.torch"], capture_output=True).returncode:
+            raise SystemExit("peer: Ray Train is not installed (pip install -e '.[bench]'), or pass --skip-peer")
     sets = QUICK if args.quick else []
     state = Path(tempfile.mkdtemp(prefix="salvage-bench-pool-"))
     bench = Bench(state, sets)
