@@ -236,7 +236,12 @@ class Coordinator:
     def run(self) -> int:
         self.state.pid_file.write_text(str(os.getpid()))
         self._stop_on_signals()
-        server = None
+        # Hold the API's port before Ray starts: Ray's processes take free ports at random,
+        # and one that took ours would answer `cluster up`'s health check in gRPC. Requests
+        # wait in the listen queue until it serves, once Ray is up.
+        server = serve(self.routes, self.config.host, self.config.http_port, self.token, self.log,
+                       tls=self.tls.server_context() if self.tls else None, login_form=self.page.login_form)
+        serving = False
         try:
             with start_lock():
                 self.start_head()
@@ -253,9 +258,8 @@ class Coordinator:
                     else:
                         raise
             self._stop_on_signals()  # again: ray.init put in its own, which exits at once
-            server = serve(self.routes, self.config.host, self.config.http_port, self.token, self.log,
-                           tls=self.tls.server_context() if self.tls else None, login_form=self.page.login_form)
             threading.Thread(target=server.serve_forever, daemon=True).start()
+            serving = True
             science = threading.Thread(target=self.science.run, daemon=True, name="science")
             science.start()
             self.threads.append(science)
@@ -273,8 +277,9 @@ class Coordinator:
                 self.stopping.wait(LOOP_INTERVAL_S)
             return 0
         finally:
-            if server:
-                server.shutdown()
+            if serving:
+                server.shutdown()  # waits for serve_forever to end, so only once it runs
+            server.server_close()
             self.shutdown()
 
     def shutdown(self) -> None:
