@@ -33,6 +33,13 @@ def next_units(units: int, took_s: float) -> int:
     return max(1, min(MAX_UNITS, int(units * TASK_SECONDS / max(took_s, 1e-3))))
 
 
+def fair_share(unsent: int, hosts: int) -> int:
+    """The most copies one task may take: an even slice of what is owed over every
+    task slot of the alive hosts. A task size learned on a fast app (thousands of
+    no-op units) would otherwise hand one host a whole batch of a slow one."""
+    return max(1, -(-unsent // max(1, hosts * IN_FLIGHT_PER_HOST)))
+
+
 def hosts_with_room(hosts: list[HostRow], out: dict[str, int], training: dict[str, int]) -> list[HostRow]:
     """The hosts that can take another science task now, in the order given:
     not training (training comes first), not paused, drained or unhealthy, and
@@ -108,11 +115,13 @@ class ScienceDispatch:
         """Hand work to every host with room; True if anything was sent."""
         sent = False
         hosts, training = self._pool()
-        for row in hosts_with_room(hosts, self.running_on(), training):
+        room = hosts_with_room(hosts, self.running_on(), training)
+        share = fair_share(self.store.unsent_copies(), len(hosts)) if room else 0
+        for row in room:
             node = self.nodes.alive(row.ray_node_id)
             if node is None:
                 continue
-            tasks = self.store.fetch_work(host_caps(row), self.units.get(row.name, FIRST_UNITS))
+            tasks = self.store.fetch_work(host_caps(row), min(share, self.units.get(row.name, FIRST_UNITS)))
             if not tasks:
                 continue
             real_gpu = not row.info.simulated and 0 in row.usable_gpus()  # a task runs on GPU 0

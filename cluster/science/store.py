@@ -953,6 +953,12 @@ class ScienceStore:
 
     # ------------------------------------------------------------------ status and stats
 
+    def unsent_copies(self) -> int:
+        """Result copies still owed across the open batches (one indexed read per batch)."""
+        with self._lock:
+            return self.conn.execute(
+                "SELECT coalesce(sum(n_res_unsent), 0) FROM sci_batch WHERE finished IS NULL").fetchone()[0]
+
     def _batch(self, batch_id: int) -> _Batch:
         batch = self._batches.get(batch_id)
         if batch is None:

@@ -5,6 +5,7 @@ from cluster.science.dispatch import (
     IN_FLIGHT_PER_HOST,
     MAX_UNITS,
     TASK_SECONDS,
+    fair_share,
     host_caps,
     hosts_with_room,
     next_units,
@@ -26,6 +27,16 @@ def test_a_task_is_sized_to_last_about_two_seconds_on_its_host():
     assert next_units(100, took_s=20.0) == 10  # slow host: fewer
     assert next_units(1, took_s=3600.0) == 1  # never none
     assert next_units(1000, took_s=0.0) == MAX_UNITS  # never unbounded
+
+
+def test_one_task_takes_at_most_an_even_slice_of_what_is_owed():
+    # 48 slow units, 3 hosts with 2 task slots each: 8 a task, however large a task
+    # size the host learned on a fast app; a near-empty queue still hands out one.
+    assert fair_share(48, hosts=3) == 48 // (3 * IN_FLIGHT_PER_HOST)
+    assert fair_share(49, hosts=3) == 49 // (3 * IN_FLIGHT_PER_HOST) + 1
+    assert fair_share(1, hosts=3) == 1
+    assert fair_share(0, hosts=0) == 1
+    assert fair_share(10**6, hosts=2) > MAX_UNITS  # a big queue leaves the learned size alone
 
 
 def test_training_comes_first_and_a_host_has_at_most_two_tasks_out():

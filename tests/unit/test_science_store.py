@@ -141,6 +141,20 @@ def test_quorum_of_two_agreeing_results_is_canonical_credited_and_assimilated(st
     assert store.check_consistency() == []
 
 
+def test_the_copies_owed_fall_as_copies_go_out_and_batches_are_cancelled(store):
+    first = store.submit("double", [{"x": i} for i in range(5)], now=0)
+    assert store.unsent_copies() == 2 * 5  # quorum 2
+    work(store, "a", n=3)
+    assert store.unsent_copies() == 2 * 5 - 3
+    second = store.submit("double", [{"x": i} for i in range(4)], now=0)
+    assert store.unsent_copies() == 2 * 5 - 3 + 2 * 4
+    store.cancel(second)
+    assert store.unsent_copies() == 2 * 5 - 3
+    work(store, "a")
+    work(store, "b")
+    assert store.batch_status(first)["done"] and store.unsent_copies() == 0
+
+
 def test_credit_is_200_cobblestones_per_gflop_day():
     assert cobblestones(1e9 * 86400) == pytest.approx(200.0)
     assert cobblestones(FLOPS) == pytest.approx(CREDIT)
