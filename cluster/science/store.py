@@ -954,7 +954,7 @@ class ScienceStore:
     # ------------------------------------------------------------------ status and stats
 
     def unsent_copies(self) -> int:
-        """Result copies still owed across the open batches (one indexed read per batch)."""
+        """Result copies still owed across the open batches (a sum over the batch rows)."""
         with self._lock:
             return self.conn.execute(
                 "SELECT coalesce(sum(n_res_unsent), 0) FROM sci_batch WHERE finished IS NULL").fetchone()[0]
