@@ -126,7 +126,7 @@ class Pc:
             out = self.sd("train", "submit", "--data", str(CORPUS), *TINY)
         else:  # a few seconds of science on the CPU
             out = self.sd("science", "submit", "hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "16",
-                          "--params", '{"sweeps": 3000, "replicas": 2}', "--quorum", "1")
+                          "--params", '{"sweeps": 75000, "replicas": 2}', "--quorum", "1")
         ident = out.strip().splitlines()[-1]
         held = wait_for(lambda: mode_of(self.observer, resource).current == "never", f"{resource} held")
         if resource == "gpu":

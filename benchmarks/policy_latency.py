@@ -358,7 +358,7 @@ class Bench:
     def preempt_latencies(self, n: int) -> list[dict]:
         # Units far longer than the phase: science holds every PC until training takes one.
         batch = self.submit_science("hp-fold", "--sequence", SEQUENCE, "--seeds", str(24 * len(self.pcs)),
-                                    "--params", '{"sweeps": 1000000}', "--quorum", "1", "--replicas", "1")
+                                    "--params", '{"sweeps": 25000000}', "--quorum", "1", "--replicas", "1")
         out = []
         for i in range(n):
             entry = self.preempt_once()
@@ -412,7 +412,7 @@ class Bench:
                 next_topup = now + 15
                 if self.unfinished(batches) < 6 * len(self.pcs):
                     batches.append(self.submit_science("hp-fold", "--sequence", SEQUENCE, "--seeds", "12",
-                                                       "--params", '{"sweeps": 1500}'))
+                                                       "--params", '{"sweeps": 37500}'))
                     batches.append(self.submit_science("noop", "--grid", "x=" + ",".join(map(str, range(300)))))
             for name, (kind, until) in list(active.items()):
                 if now >= until:

@@ -63,7 +63,7 @@ SYNC_STEPS = 25  # local steps per round on the fastest worker: rounds of a few 
 POOL_TOKENS_PER_S = 30_000  # what the pool trains on a busy 2-core machine; a slower one is stopped on time
 # Units of a few seconds each: the apps' own defaults are sized for real PCs and real accuracy.
 HP_FOLD = ("hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "12",
-           "--params", json.dumps({"sweeps": 200, "replicas": 2}))
+           "--params", json.dumps({"sweeps": 5000, "replicas": 2}))
 HP_FOLD_BEST = -9  # the best energy known for that sequence
 LJ_MD = ("lj-md", "--grid", "T=1.5,2.0 rho=0.05", "--seeds", "3",
          "--params", json.dumps({"n_particles": 64, "replicas": 4, "steps": 335, "equilibration_steps": 100}))

@@ -127,7 +127,7 @@ def test_training_takes_the_gpu_from_boinc_and_the_owners_mode_returns_once_idle
 
 def test_science_on_the_cpu_takes_boincs_cpu_until_idle(pc):
     out = sd(pc, "science", "submit", "hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "24",
-             "--params", '{"sweeps": 2000, "replicas": 2}', "--quorum", "1").stdout
+             "--params", '{"sweeps": 50000, "replicas": 2}', "--quorum", "1").stdout
     batch = int(out.strip().splitlines()[-1])
     run = wait_mode(pc, "cpu", lambda m: m.current == "never" and m, timeout=60)
     assert run.perm == "auto"

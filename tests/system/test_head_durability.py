@@ -22,7 +22,7 @@ from cluster.science.credit import cobblestones
 from jobs.science.apps import get_app
 from workers.raynode import port_in_use
 
-HP = {"sequence": "HHPPHPPHPPHPPHPPHPPHPPHH", "sweeps": 30, "replicas": 2}
+HP = {"sequence": "HHPPHPPHPPHPPHPPHPPHPPHH", "sweeps": 750, "replicas": 2}
 
 
 @pytest.fixture(scope="module")

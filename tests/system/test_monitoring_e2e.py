@@ -141,7 +141,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Monitored]:
         # are read (one copy each: the other PC is busy, and replicas need
         # distinct hosts).
         salvage("science", "submit", "hp-fold", "--state-dir", str(state), "--sequence", "HPHPPHHPHPPHPHHPPHPH",
-                "--seeds", "2000", "--params", '{"sweeps": 200, "replicas": 2}', "--quorum", "1")
+                "--seeds", "2000", "--params", '{"sweeps": 5000, "replicas": 2}', "--quorum", "1")
         _wait(lambda: prom.query("count_over_time(salvage_science_credit_total[1m]) >= 3"),
               "three scrapes of science credit in Prometheus", 60)
         # A validation loss means the job has run and reported for a while.

@@ -183,7 +183,7 @@ def test_owner_input_pauses_the_pc_its_science_steps_aside_and_it_resumes_once_i
         sd(pool, "worker", "drain", name, "--reason", "the owner-input test needs pc-a's science")
     try:
         batch = int(sd(pool, "science", "submit", "hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "16",
-                       "--params", '{"sweeps": 20000, "replicas": 2}', "--quorum", "1").stdout.strip().splitlines()[-1])
+                       "--params", '{"sweeps": 500000, "replicas": 2}', "--quorum", "1").stdout.strip().splitlines()[-1])
         pool.wait_for(lambda: science_on(pool, "pc-a"), 90, "science on pc-a")
         with owner_typing(pool.keyboard) as pressed:
             pool.wait_for(lambda: (node(pool, "pc-a").get("paused") or {}).get("host") == "owner_input", 15,
@@ -205,7 +205,7 @@ def test_owner_input_pauses_the_pc_its_science_steps_aside_and_it_resumes_once_i
 
 def test_training_preempts_long_science_and_every_unit_ends_valid_once(pool):
     batch = int(sd(pool, "science", "submit", "hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "48",
-                   "--params", '{"sweeps": 20000, "replicas": 2}', "--quorum", "1").stdout.strip().splitlines()[-1])
+                   "--params", '{"sweeps": 500000, "replicas": 2}', "--quorum", "1").stdout.strip().splitlines()[-1])
     # The GPU PC is the fastest: training will want it, and science holds it.
     pool.wait_for(lambda: any("science" in r for r in node(pool, "gpupc")["running"]), 60, "science on the GPU PC")
     submitted = time.monotonic()

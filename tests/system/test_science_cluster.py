@@ -76,7 +76,7 @@ def test_a_lying_host_is_caught_and_earns_nothing(pool):
 def test_chaos_nodes_killed_and_readded_lose_nothing(pool):
     rng = random.Random(7)
     batch = submit(pool, "hp-fold", "--sequence", "HPHPPHHPHPPHPHHPPHPH", "--seeds", "500",
-                   "--params", '{"sweeps": 1000, "replicas": 2}', "--quorum", "2")
+                   "--params", '{"sweeps": 25000, "replicas": 2}', "--quorum", "2")
     killed: dict[str, float] = {}
     kills = []
     next_kill = [time.monotonic() + 3]
@@ -127,7 +127,7 @@ def test_chaos_nodes_killed_and_readded_lose_nothing(pool):
 
 def test_a_head_restart_mid_batch_continues_and_loses_nothing(pool):
     batch = submit(pool, "hp-fold", "--sequence", "HHPPHPPHPPHPPHPPHPPHPPHH", "--seeds", "150",
-                   "--params", '{"sweeps": 30, "replicas": 2}', "--quorum", "2")
+                   "--params", '{"sweeps": 750, "replicas": 2}', "--quorum", "2")
     pool.wait_for(lambda: status(pool, batch)["wus"]["done"] > 0, 120, "some work units done")
     salvage("cluster", "down", "--state-dir", str(pool.state_dir))
     pool.up()

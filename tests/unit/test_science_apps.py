@@ -21,6 +21,7 @@ from jobs.science.apps import (
     UnknownAppError,
     get_app,
     hp_fold,
+    hp_search,
     lj_blocks,
     lj_md,
     lj_physics,
@@ -345,8 +346,8 @@ def test_a_dilute_gas_unit_costs_far_less_than_before():
 
 SMALL = "HPHPHHHPPPHHHHPPHH"  # best-known energy -8
 S25 = "PPHPPHHPPPPHHPPPPHHPPPPHH"  # best-known energy -8
-# what hp-fold v2 returns for S25, 150 sweeps, 3 replicas, seed 7 (energy, sha256 prefix of its JSON)
-GOLDEN_ENERGY, GOLDEN_DIGEST = -7, "b20d62e990b0beff"
+# what hp-fold v3 returns for S25, 150 sweeps, 3 replicas, seed 7 (energy, sha256 prefix of its JSON)
+GOLDEN_ENERGY, GOLDEN_DIGEST = -7, "ad10ddab33e4d853"
 
 
 def test_hp_effort_grows_with_the_chain_and_explicit_params_win():
@@ -355,7 +356,7 @@ def test_hp_effort_grows_with_the_chain_and_explicit_params_win():
     def attempts(p):
         return p["sweeps"] * p["replicas"] * len(p["sequence"])
 
-    assert attempts(short) <= 500_000  # a second or two of pure Python
+    assert attempts(short) <= 500_000  # a few hundredths of a second
     assert attempts(long) > 50 * attempts(short) and long["replicas"] > short["replicas"]
     lengths = [10, 20, 40, 64, 85, 100, 200]
     efforts = [attempts(HP.validate_params({"sequence": "H" * n})) for n in lengths]
@@ -365,7 +366,7 @@ def test_hp_effort_grows_with_the_chain_and_explicit_params_win():
     assert {k: p[k] for k in explicit} == explicit
     assert "length" in HP.params_schema()["sweeps"]
     # the rule as the schema states it
-    assert hp_fold.default_effort(64) == {"sweeps": 31250, "replicas": 3, "t_min": 0.3, "t_max": 0.5}
+    assert hp_fold.default_effort(64) == {"sweeps": 208334, "replicas": 3, "t_min": 0.3, "t_max": 0.5}
     assert hp_fold.default_effort(100)["replicas"] == 4 and hp_fold.default_effort(20)["replicas"] == 2
 
 
@@ -406,13 +407,32 @@ def test_hp_fold_is_a_pure_function_of_its_params():
 
 
 
+def test_hp_search_keeps_every_replica_a_valid_fold_of_its_energy():
+    # hot rungs accept most moves, so the chains wander across the torus's seam many times
+    p = HP.validate_params({"sequence": S25, "seed": 3, "replicas": 4, "t_min": 0.3, "t_max": 3.0})
+    search = hp_search.Search(p)
+    mask = search.side - 1
+    across_seam = 0  # replicas seen with a bond that wraps around the torus
+    for _ in range(40):
+        search.advance(25)
+        best = search.best_pos
+        for r in range(len(search.pos)):
+            search.best_pos = sites = search.pos[r]
+            assert HP.verify(p, {"energy": int(search.energy[r]), "conformation": search.best_conformation()}), r
+            across_seam += any(abs((a >> search.shift) - (b >> search.shift)) > 1 or abs((a & mask) - (b & mask)) > 1
+                               for a, b in zip(sites.tolist(), sites.tolist()[1:]))
+        search.best_pos = best
+    assert across_seam > 0
+    assert HP.verify(p, {"energy": search.best_energy, "conformation": search.best_conformation()})
+
+
 def test_hp_acceptance_tables_use_no_libm():
     for x in (0.0, -1e-3, -0.5, -1.0, -3.333, -17.5, -200.0, 2.5):
-        assert hp_fold.exp_exact(x) == pytest.approx(math.exp(x), rel=1e-14)
+        assert hp_search.exp_exact(x) == pytest.approx(math.exp(x), rel=1e-14)
     for x in (1e-3, 0.37, 1.0, 2.0, 7.5, 1e4):
-        assert hp_fold.log_exact(x) == pytest.approx(math.log(x), rel=1e-14, abs=1e-15)
-    assert hp_fold.exp_exact(0.0) == 1.0 and hp_fold.exp_exact(-1000.0) == 0.0
-    temps = hp_fold.ladder(0.3, 0.6, 4)
+        assert hp_search.log_exact(x) == pytest.approx(math.log(x), rel=1e-14, abs=1e-15)
+    assert hp_search.exp_exact(0.0) == 1.0 and hp_search.exp_exact(-1000.0) == 0.0
+    temps = hp_search.ladder(0.3, 0.6, 4)
     assert temps[0] == 0.3 and temps[-1] == pytest.approx(0.6, rel=1e-14)
     assert temps[1] / temps[0] == pytest.approx(temps[3] / temps[2], rel=1e-14)
 
@@ -431,11 +451,14 @@ def test_hp_compare_demands_the_same_fold_so_laziness_earns_nothing():
     assert not HP.compare(honest, {**honest, "energy": honest["energy"] - 1})
 
 
-def test_hp_fold_pause_then_resume_matches_uninterrupted_run(tmp_path):
+def test_hp_fold_pause_then_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     params = {"sequence": S25, "sweeps": 450, "replicas": 3, "seed": 5}
     straight = HP.run(params)
     ckpt = tmp_path / "hp.json"
-    # pause twice, once before and once after a periodic checkpoint (every 200 sweeps)
+    # ask whether to stop after every sweep, and keep a periodic checkpoint every 100
+    monkeypatch.setattr(hp_fold, "CHUNK_ATTEMPTS", 1)
+    monkeypatch.setattr(hp_fold, "CHECKPOINT_EVERY_CHUNKS", 100)
+    # pause twice, the second time after a periodic checkpoint
     with pytest.raises(Paused):
         HP.run(params, checkpoint=ckpt, should_stop=_stop_after(120))
     with pytest.raises(Paused):
@@ -446,4 +469,9 @@ def test_hp_fold_pause_then_resume_matches_uninterrupted_run(tmp_path):
         HP.run({**params, "seed": 6}, checkpoint=ckpt)
     ckpt.write_text("{")
     with pytest.raises(CheckpointError, match="^checkpoint:"):
+        HP.run(params, checkpoint=ckpt)
+    # one of the interpreted search (v2), for the same params: no energies, sites as [x, y]
+    ckpt.write_text(json.dumps({"params": HP.validate_params(params), "sweeps_done": 10, "best_energy": 0,
+                                "best": [[x, 0] for x in range(len(S25))], "replicas": [], "rng": [3, [1], None]}))
+    with pytest.raises(CheckpointError, match="^checkpoint: .* does not hold an hp-fold v3 search"):
         HP.run(params, checkpoint=ckpt)
