@@ -432,9 +432,9 @@ class PoolRun:
     def await_round(self, refs: dict, dispatched: dict, deadline_s: float, join=None) -> dict:
         """The round's results that came by its deadline: ref -> (value, when it
         arrived), each taken as it comes so the head knows how long each worker took.
-        A worker that dies is dropped at once, and meanwhile PCs that joined or lost
-        their worker get one started, so it loads while this round trains; `join`
-        lets the ready ones in."""
+        A worker that dies is dropped at once and its PC gets a new one started at
+        once; PCs that joined get one at the next look (every MEMBERS_POLL_S). Each
+        loads while this round trains; `join` lets the ready ones in."""
         end = time.monotonic() + deadline_s
         next_sync = time.monotonic() + MEMBERS_POLL_S
         results, failed = {}, set()
@@ -455,6 +455,7 @@ class PoolRun:
                         paused = "WorkerPaused" in str(err)  # its device stepped aside: not a failure
                         self.drop(key, f"{_short(err)} in round {self.state.round + 1}" if paused
                                   else f"died in round {self.state.round + 1} ({type(err).__name__})")
+                        next_sync = arrived  # its PC gets a new worker now, not at the next poll
             if time.monotonic() >= next_sync and time.monotonic() < end:
                 self.sync_members()
                 if join is not None:
