@@ -40,6 +40,9 @@ from .tasks.pausing import PAUSE_FILE_ENV
 from .tasks.science import CHECKPOINT_DIR_ENV
 
 JOIN_TIMEOUT_S = 10.0
+# A port picked free for the node can be taken by another process before Ray binds it
+# (several nodes starting at once on one machine): the node exits, and is started again.
+RAY_START_TRIES = 3
 TICK_S = 1.0  # how often the agent looks at what its work claims (and lends the rest to BOINC)
 NEW_CLAIM_LOOK_S = 0.1  # between ticks, how often it looks for a new claim: BOINC yields that much sooner
 ATTACH_WAIT_S = 30.0
@@ -48,6 +51,10 @@ MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
 
 class JoinError(Exception):
     """A join that cannot go on; `str()` is the one-line reason."""
+
+
+class RayNodeExited(JoinError):
+    """The PC's Ray node died before the head saw it (one of its ports taken, most often)."""
 
 
 @dataclass
@@ -308,7 +315,7 @@ class Agent:
                 if time.monotonic() > deadline:
                     raise JoinError(f"address: the head stopped answering while this PC registered [{err}]") from None
             if not self.ray_node.alive():
-                raise JoinError(f"ray: the Ray node exited while joining: {self.ray_node.log_tail(3)}")
+                raise RayNodeExited(f"ray: the Ray node exited while joining: {self.ray_node.log_tail(3)}")
             time.sleep(0.5)
 
     def serve_metrics(self) -> None:
@@ -566,14 +573,21 @@ class Agent:
 
     def join_ray(self, cluster: dict, first: bool = False) -> None:
         with start_lock():  # held until the head sees our node
-            self.start_ray(cluster)
-            try:
-                if first:
-                    self.serve_metrics()
-                self.register()
-            except BaseException:
-                self.ray_node.stop()
-                raise
+            for attempt in range(1, RAY_START_TRIES + 1):
+                self.start_ray(cluster)  # ports picked afresh each time
+                try:
+                    if first and self._metrics_server is None:
+                        self.serve_metrics()
+                    self.register()
+                    break
+                except RayNodeExited as err:
+                    self.ray_node.stop()
+                    if attempt == RAY_START_TRIES:
+                        raise
+                    self.say(f"note: {err}; starting it again ({attempt}/{RAY_START_TRIES - 1})")
+                except BaseException:
+                    self.ray_node.stop()
+                    raise
         self.epoch = cluster.get("epoch")
         self.rejoin_needed = False
         self.state = "paused" if self.pauses and self.pauses.state.host else "idle"

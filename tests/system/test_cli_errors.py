@@ -185,3 +185,15 @@ def _quiet(check):
         return check()
     except OSError:
         return False
+
+
+def test_a_ray_node_that_loses_a_port_while_joining_is_started_again(local_cluster):
+    # Another process holds the port Ray's metrics exporter is given until the first start has failed.
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        s.listen()
+        local_cluster.join("taken", "", "--metrics-export-port", str(s.getsockname()[1]))
+        local_cluster.wait_for(lambda: "starting it again (1/2)" in local_cluster.agent_log("taken"), 120,
+                               "the first Ray node to exit and the agent to say so")
+    local_cluster.wait_state("taken", "alive", timeout=120)
+    assert "ray: the Ray node exited while joining" in local_cluster.agent_log("taken")
