@@ -137,10 +137,14 @@ class Search:
         self.sweeps_done += sweeps
 
     def best_conformation(self) -> list[list[int]]:
-        """The best fold in plane coordinates, residue 0 at the origin (unwrapped bond by bond)."""
+        return self.fold(self.best_pos)
+
+    def fold(self, sites: np.ndarray) -> list[list[int]]:
+        """A chain's torus sites in plane coordinates, residue 0 at the origin (unwrapped bond by bond)."""
         mask = self.side - 1
         points = [[0, 0]]
-        for a, b in zip(self.best_pos.tolist(), self.best_pos.tolist()[1:]):
+        chain = sites.tolist()
+        for a, b in zip(chain, chain[1:]):
             dx = ((b >> self.shift) - (a >> self.shift)) & mask
             dy = ((b & mask) - (a & mask)) & mask
             x, y = points[-1]
