@@ -2,22 +2,27 @@
 the traffic/speed frontier, Ray Train's DDP as the peer, and churn.
 
     python benchmarks/train_pool.py [--quick] [--sync 17,42,88] [--factor 1.2,1.3,1.5] [--skip-peer]
-                                    [--churn worker,power|none]
+                                    [--churn worker,power|none] [--duty-scale 1.0]
 
 The pool: a loopback cluster (`salvage cluster up`) and four `salvage worker join`
-PCs, CPU-only with one core each, at `--duty-cycle` 0.6, 0.3, 0.15 and 0.075:
-speeds 1, 1/2, 1/4, 1/8 of the fastest, and the whole pool asks for 1.125 of this
-machine's 2 cores, leaving the rest to the head and Ray, so what the figures
-measure is the pool, not PCs fighting over cores (`eta_compute` near 1 shows
-it). Everything runs through the real job path (`salvage train submit
---workers ...`), with the CPU preset on Tiny Shakespeare.
+PCs, CPU-only with one core each, at `--duty-cycle` 0.4, 0.2, 0.1 and 0.05:
+speeds 1, 1/2, 1/4, 1/8 of the fastest. The whole pool asks for 0.75 of this
+machine's 2 cores, leaving the rest to the head and Ray's five nodes, so what the
+figures measure is the pool, not PCs fighting over cores (`eta_compute` near 1
+shows it; at 1.125 cores, `--duty-scale 1.5`, the PCs lost 4-12% to each other).
+Everything runs through the real job path (`salvage train submit --workers ...`),
+with the CPU preset on Tiny Shakespeare.
 
 Measured, in this order, in one run:
-  solo speeds  each PC alone at its duty cycle (a one-worker job pinned to it):
-               tokens/s over its rounds after the first.
   T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
                steps, outer step = plain replacement, fp32). L* is its final val
                loss, T1 its wall time to reach L*.
+  solo speeds  each PC alone at its duty cycle (a one-worker job pinned to it):
+               tokens/s over its rounds after the first. Measured again after
+               every pool run below, and each run is compared with the mean of the
+               sets just before and just after it: this machine's own speed drifts
+               by up to 15% over minutes, more than the pool's losses
+               (`solo_drift`: the largest summed solo speed over the smallest).
   frontier     the pool at each sync interval (`--sync-steps`: rounds as long as
                that many steps on the fastest PC): bytes_ratio and speedup = T1 / time to L*.
   peer         Ray Train TorchTrainer, DDP over gloo, batch 12 per worker on the
@@ -93,7 +98,7 @@ from jobs.gpt.outer import allreduce_bytes  # noqa: E402
 from jobs.gpt.train import evaluate  # noqa: E402
 
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
-POOL = {"w1": 0.6, "w2": 0.3, "w3": 0.15, "w4": 0.075}  # duty cycles: 1.125 cores asked of 2
+POOL = {"w1": 0.4, "w2": 0.2, "w3": 0.1, "w4": 0.05}  # duty cycles: 0.75 cores asked of 2
 VAL_BATCHES, VAL_SEED = 50, 99
 QUICK = ["n_layer=2", "n_head=2", "n_embd=64", "max_iters=400", "lr_decay_iters=400", "warmup_iters=20"]
 
@@ -188,7 +193,9 @@ class Bench:
     def solo_speeds(self) -> dict[str, float]:
         """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
         steps = {name: max(10, int(250 * duty)) for name, duty in POOL.items()}
-        return {name: steady_rate(self.wait(self.solo_job(name, n, 5))) for name, n in steps.items()}
+        speeds = {name: steady_rate(self.wait(self.solo_job(name, n, 5))) for name, n in steps.items()}
+        say("solo (tokens/s): " + ", ".join(f"{name} {speed:.0f}" for name, speed in speeds.items()))
+        return speeds
 
     def pool_run(self, sync: int, factor: float, codec: str, churn: str = "") -> dict:
         job = self.submit("--workers", "all", "--sync-steps", str(sync), "--codec", codec,
@@ -199,6 +206,25 @@ class Bench:
         if killer:
             killer.finish()
         return {"job": job, "rounds": rounds, "kills": killer.log if killer else [], "churn": killer}
+
+
+class SoloSpeeds:
+    """The solo speeds a pool run is compared with: the mean of the sets measured
+    just before and just after it, so the machine's drift between the two cancels
+    to first order rather than land in eta."""
+
+    def __init__(self, bench: Bench):
+        self.bench = bench
+        self.sets = [bench.solo_speeds()]
+
+    def around_last_run(self) -> dict[str, float]:
+        before, after = self.sets[-1], self.bench.solo_speeds()
+        self.sets.append(after)
+        return {pc: (before[pc] + after[pc]) / 2 for pc in POOL}
+
+    def drift(self) -> float:
+        sums = [sum(s.values()) for s in self.sets]
+        return max(sums) / min(sums)
 
 
 class Churn:
@@ -474,6 +500,9 @@ def main() -> int:
     ap.add_argument("--churn", default="worker,power",
                     help="Churn runs: worker (its process is killed), power (the whole PC), or none.")
     ap.add_argument("--peer-cap", type=float, default=1.5, help="Stop the peer after this many T1 of training.")
+    ap.add_argument("--duty-scale", type=float, default=1.0,
+                    help="Scale every PC's duty cycle (the pool asks for 0.75 x this of a core): the same "
+                         "uneven pool, slower, sharing this machine's cores less.")
     args = ap.parse_args()
     syncs = [int(s) for s in args.sync.split(",")]
     factors = [float(f) for f in args.factor.split(",")]
@@ -481,6 +510,9 @@ def main() -> int:
     if not (len(syncs) == len(factors) == len(codecs)):
         raise SystemExit("--sync, --factor and --codec need one value per frontier entry")
     churns = [m for m in args.churn.split(",") if m != "none"]
+    if not 0 < args.duty_scale <= 1 / max(POOL.values()):
+        raise SystemExit(f"--duty-scale: expected a factor that keeps every duty cycle in (0, 1], got {args.duty_scale}")
+    POOL.update({pc: duty * args.duty_scale for pc, duty in POOL.items()})
     if set(churns) - {"worker", "power"}:
         raise SystemExit(f"--churn: expected worker, power or none, got {args.churn!r}")
     if not args.skip_peer:
@@ -500,22 +532,18 @@ def main() -> int:
     try:
         bench.start()
         iters = bench.cfg.train.max_iters
-        solo = bench.solo_speeds()
-        for name, duty in POOL.items():
-            say(f"solo {name} (duty {duty}): {solo[name]:.0f} tokens/s")
-        out["solo_tokens_per_s"] = {k: round(v) for k, v in solo.items()}
-        sum_solo = sum(solo.values())
-
         job = bench.solo_job("w1", iters, 20, "--pool-set", "keep_history=true")
         rounds = bench.wait(job)
         l_star = bench.val_loss(job, rounds[-1]["round"])
         t1, _ = bench.time_to(job, rounds, l_star)
         out.update(l_star=round(l_star, 4), t1_s=round(t1, 1))
         say(f"fastest alone: L* = {l_star:.4f} after {rounds[-1]['tokens']:,} tokens, T1 = {t1:.1f} s")
+        solos = SoloSpeeds(bench)
 
         frontier = []
         for sync, factor, codec in zip(syncs, factors, codecs):
             run = bench.pool_run(sync, factor, codec)
+            sum_solo = sum(solos.around_last_run().values())
             rs = run["rounds"]
             reach, final = bench.time_to(run["job"], rs, l_star)
             moved = rs[-1]["bytes_up"] + rs[-1]["bytes_down"]
@@ -538,12 +566,15 @@ def main() -> int:
 
         if not args.skip_peer:
             peer = peer_run(bench, t1, l_star, args.peer_cap)
+            sum_solo = sum(solos.around_last_run().values())
             out["peer_eta"] = round(peer["tokens_per_s"] / sum_solo, 3)
             out["peer_speedup"] = round(peer["speedup"], 3) if peer["speedup"] else None
             out["peer"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in peer.items()}
             say(f"peer (Ray Train DDP): {out['peer']}")
         for mode in churns:
             run = bench.pool_run(best["sync_steps"], best["token_factor"], best["codec"], churn=mode)
+            solo = solos.around_last_run()
+            sum_solo = sum(solo.values())
             rs = run["rounds"]
             reach, final = bench.time_to(run["job"], rs, l_star)
             key = "churn_speedup" if mode == "worker" else f"churn_{mode}_speedup"
@@ -571,6 +602,8 @@ def main() -> int:
                                     if lost else None}
             say(f"churn ({mode}): {out[f'churn_{mode}']} speedup {out[key]}")
 
+        out["solo_tokens_per_s"] = [{k: round(v) for k, v in one.items()} for one in solos.sets]
+        out["solo_drift"] = round(solos.drift(), 3)
     finally:
         bench.cluster.down()
     print(json.dumps(out))
