@@ -110,6 +110,7 @@ def say(text: str) -> None:
 class Bench:
     def __init__(self, state_dir: Path, sets: list[str]):
         self.cluster = LocalCluster(state_dir)
+        self.names = {pc: pc for pc in POOL}  # PC -> its agent's name now (a PC back from a power cut has a new one)
         self.sets = sets
         self.cfg = load_config("shakespeare-char-cpu", overrides=dict(_kv(s) for s in sets))
         self.tps = self.cfg.train.batch_size * self.cfg.model.block_size
@@ -182,11 +183,11 @@ class Bench:
             hit = r
         return (hit["t_wall"] - start if hit else None), final
 
-    def solo_job(self, name: str, steps: int, rounds: int, *extra: str) -> int:
+    def solo_job(self, pc: str, steps: int, rounds: int, *extra: str) -> int:
         """`steps` steps on one PC alone, in `rounds` rounds whose outer step is plain
         replacement in fp32: the single-worker job, measured the way the pool is."""
         return self.submit("--workers", "1", "--sync-steps", str(max(1, steps // rounds)), "--codec", "fp32",
-                           "--pool-set", f'hosts="{name}"', "--pool-set", "outer_lr=1.0", "--pool-set",
+                           "--pool-set", f'hosts="{self.names[pc]}"', "--pool-set", "outer_lr=1.0", "--pool-set",
                            "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}",
                            *extra)
 
@@ -246,7 +247,7 @@ class Churn:
         self.mode = mode
         self.rate = rate
         self.rng = random.Random(seed)
-        self.alive = {name: name for name in POOL}  # PC -> its current agent name
+        self.alive = bench.names  # PC -> its current agent name
         self.down: dict[str, int] = {}  # PC -> the round after which it lost power
         self.on_since: dict[str, float] = dict.fromkeys(POOL, -math.inf)  # PC -> powered on since (time.time())
         self.powered: dict[str, list[tuple[float, float]]] = {pc: [] for pc in POOL}  # closed on-intervals
