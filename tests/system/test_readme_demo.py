@@ -122,9 +122,11 @@ def test_the_readme_first_command_runs_the_demo_end_to_end(fresh):
 def test_ctrl_c_stops_the_demo_cleanly_and_keeps_its_state(fresh):
     repo, env, _ = fresh
     state_dir = repo.parent / "ctrl-c-state"
+    # A suite started in the background (`cmd &` in a script) hands its children SIGINT
+    # ignored, and Python then never turns Ctrl-C into KeyboardInterrupt: restore it.
     demo = subprocess.Popen([str(repo / ".venv" / "bin" / "salvage"), "demo", "--state-dir", str(state_dir)],
                             cwd=repo, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     try:
         for line in demo.stdout:
