@@ -580,14 +580,11 @@ class Agent:
                         self.serve_metrics()
                     self.register()
                     break
-                except RayNodeExited as err:
+                except BaseException as err:
                     self.ray_node.stop()
-                    if attempt == RAY_START_TRIES:
+                    if not isinstance(err, RayNodeExited) or attempt == RAY_START_TRIES:
                         raise
                     self.say(f"note: {err}; starting it again ({attempt}/{RAY_START_TRIES - 1})")
-                except BaseException:
-                    self.ray_node.stop()
-                    raise
         self.epoch = cluster.get("epoch")
         self.rejoin_needed = False
         self.state = "paused" if self.pauses and self.pauses.state.host else "idle"
