@@ -25,6 +25,10 @@ Measured, in this order, in one run:
                (`solo_drift`: the largest summed solo speed over the smallest).
   frontier     the pool at each sync interval (`--sync-steps`: rounds as long as
                that many steps on the fastest PC): bytes_ratio and speedup = T1 / time to L*.
+               speedup_drift_adj: the same with T1 scaled to the machine's speed
+               during the run (by the summed solo speeds of the set measured just
+               after T1 over those around the run); it shows how much of speedup is
+               drift. The goals are on speedup.
   peer         Ray Train TorchTrainer, DDP over gloo, batch 12 per worker on the
                same four PCs, same duty cycles, the preset's schedule over its
                1,536,000 tokens (stopped after --peer-cap x T1 of training).
@@ -558,6 +562,8 @@ def main() -> int:
             rate = steady_rate(rs)
             entry = {"sync_steps": sync, "codec": codec, "token_factor": factor, "rounds": len(rs),
                      "bytes_ratio": round(ratio, 1), "speedup": round(t1 / reach, 3) if reach else 0.0,
+                     "speedup_drift_adj": round(t1 * sum(solos.sets[0].values()) / sum_solo / reach, 3)
+                     if reach else 0.0,
                      "reached": reach is not None, "final_val": round(final, 4), "eta": round(rate / sum_solo, 3),
                      **eta_parts(rs, bench.tps, sum_solo), "tokens_per_s": round(rate)}
             frontier.append(entry)
@@ -568,6 +574,7 @@ def main() -> int:
         out["eta"] = best["eta"]  # the efficiency of the setting that gives `speedup`
         out["eta_compute"], out["eta_rounds"] = best["eta_compute"], best["eta_rounds"]
         out["speedup"] = best["speedup"] if lan else 0.0
+        out["speedup_drift_adj"] = best["speedup_drift_adj"] if lan else 0.0
         out["speedup_at_400"] = max((e["speedup"] for e in frontier if e["bytes_ratio"] >= 400), default=0.0)
 
         if not args.skip_peer:
