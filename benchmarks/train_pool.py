@@ -2,7 +2,7 @@
 the traffic/speed frontier, Ray Train's DDP as the peer, and churn.
 
     python benchmarks/train_pool.py [--quick] [--sync 17,42,88] [--factor 1.2,1.3,1.5] [--skip-peer]
-                                    [--churn worker,power|none] [--duty-scale 1.0] [--no-spares]
+                                    [--churn worker,power|none] [--duty-scale 1.0]
 
 The pool: a loopback cluster (`salvage cluster up`) and four `salvage worker join`
 PCs, CPU-only with one core each, at `--duty-cycle` 0.4, 0.2, 0.1 and 0.05:
@@ -17,8 +17,8 @@ Measured, in this order, in one run:
   T1, L*       the fastest PC alone on the preset's 1,536,000 tokens (rounds of 100
                steps, outer step = plain replacement, fp32). L* is its final val
                loss, T1 its wall time to reach L*.
-  solo speeds  each PC alone at its duty cycle (a one-worker job pinned to it, with
-               no warm spare): tokens/s over its rounds after the first. Measured again after
+  solo speeds  each PC alone at its duty cycle (a one-worker job pinned to it):
+               tokens/s over its rounds after the first. Measured again after
                every pool run below, and each run is compared with the mean of the
                sets just before and just after it: this machine's own speed drifts
                by up to 15% over minutes, more than the pool's losses
@@ -112,11 +112,10 @@ def say(text: str) -> None:
 
 
 class Bench:
-    def __init__(self, state_dir: Path, sets: list[str], spares: bool = True):
+    def __init__(self, state_dir: Path, sets: list[str]):
         self.cluster = LocalCluster(state_dir)
         self.names = {pc: pc for pc in POOL}  # PC -> its agent's name now (a PC back from a power cut has a new one)
         self.sets = sets
-        self.spares = spares  # the pool runs' warm spares
         self.cfg = load_config("shakespeare-char-cpu", overrides=dict(_kv(s) for s in sets))
         self.tps = self.cfg.train.batch_size * self.cfg.model.block_size
         self.data = prepare_data(str(CORPUS), "char", self.cfg.model.block_size, default_cache_dir())
@@ -194,7 +193,7 @@ class Bench:
         return self.submit("--workers", "1", "--sync-steps", str(max(1, steps // rounds)), "--codec", "fp32",
                            "--pool-set", f'hosts="{self.names[pc]}"', "--pool-set", "outer_lr=1.0", "--pool-set",
                            "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}",
-                           "--pool-set", "warm_spares=false", *extra)
+                           *extra)
 
     def solo_speeds(self) -> dict[str, float]:
         """Each PC training by itself, one at a time (a one-worker job pinned to it)."""
@@ -206,8 +205,7 @@ class Bench:
     def pool_run(self, sync: int, factor: float, codec: str, churn: str = "") -> dict:
         job = self.submit("--workers", "all", "--sync-steps", str(sync), "--codec", codec,
                           "--pool-set", "keep_history=true", "--pool-set", f"token_factor={factor}",
-                          "--pool-set", "checkpoint_rounds=1000",
-                          "--pool-set", f"warm_spares={str(self.spares).lower()}")
+                          "--pool-set", "checkpoint_rounds=1000")
         killer = Churn(self, churn) if churn else None
         rounds = self.wait(job, on_round=killer.on_round if killer else None)
         if killer:
@@ -238,8 +236,8 @@ class Churn:
     """In 30% of rounds a random PC that is training loses its worker, in one of two ways.
 
     worker  the training worker's process is killed (a crash, the OOM killer, the
-            owner ending it). The PC, its agent and its Ray node stay; the worker's warm
-            spare takes over there when the pool sees the loss (a new one loads beside it).
+            owner ending it). The PC, its agent and its Ray node stay; the pool starts
+            a new worker there when it sees the loss, and that one rejoins once loaded.
     power   the PC loses power: its whole process tree is killed, and two rounds later
             it comes back as a new agent under a new name (the head would refuse its old
             name until it has noticed the loss, 20 s later). It trains again once its
@@ -510,8 +508,6 @@ def main() -> int:
     ap.add_argument("--duty-scale", type=float, default=1.0,
                     help="Scale every PC's duty cycle (the pool asks for 0.75 x this of a core): the same "
                          "uneven pool, slower, sharing this machine's cores less.")
-    ap.add_argument("--no-spares", action="store_true",
-                    help="Pool runs without warm spares (--pool-set warm_spares=false), to see what they gain.")
     args = ap.parse_args()
     syncs = [int(s) for s in args.sync.split(",")]
     factors = [float(f) for f in args.factor.split(",")]
@@ -531,9 +527,8 @@ def main() -> int:
             raise SystemExit("peer: Ray Train is not installed (pip install -e '.[bench]'), or pass --skip-peer")
     sets = QUICK if args.quick else []
     state = Path(tempfile.mkdtemp(prefix="salvage-bench-pool-"))
-    bench = Bench(state, sets, spares=not args.no_spares)
-    out: dict = {"preset": "shakespeare-char-cpu" + (" (quick)" if args.quick else ""), "pool": POOL,
-                 "warm_spares": not args.no_spares}
+    bench = Bench(state, sets)
+    out: dict = {"preset": "shakespeare-char-cpu" + (" (quick)" if args.quick else ""), "pool": POOL}
 
     def interrupted(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")  # unwinds through the finally below: the cluster stops

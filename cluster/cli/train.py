@@ -88,7 +88,7 @@ def train():
                    "rounding carried into the next round).")
 @click.option("--pool-set", "pool_sets", multiple=True, metavar="KEY=VALUE",
               help="Pool jobs: set outer_lr, outer_momentum, sync_growth, max_sync_steps, token_factor, "
-                   "checkpoint_rounds, allow_cpu, keep_history, hosts or warm_spares (repeatable).")
+                   "checkpoint_rounds, allow_cpu, keep_history or hosts (repeatable).")
 def submit(state_dir, preset, data, config_file, sets, workers, sync_steps, codec, pool_sets):
     """Submit a training job; its id is the last line printed.
 

@@ -31,8 +31,6 @@ class PoolOptions:
     allow_cpu: bool = True
     keep_history: bool = False  # keep every round's global parameters (for offline evaluation)
     hosts: str = ""  # comma-separated PCs this job may use; empty: any
-    # a CPU worker whose PC has had a crash keeps a loaded, idle twin there to take over (RAM for time)
-    warm_spares: bool = True
 
     @classmethod
     def from_dict(cls, data: dict) -> PoolOptions:

@@ -61,15 +61,6 @@ class Member:
 
 
 @dataclass
-class Spare:
-    """A CPU worker's warm spare: loaded on the same node, idle until it takes over."""
-
-    actor: object
-    node_id: str
-    loaded: object  # ObjectRef of its info(), done once it has loaded
-
-
-@dataclass
 class PoolState:
     """What a checkpoint holds besides the arrays."""
 
@@ -117,9 +108,6 @@ class PoolRun:
         self.dir = job_dir
         self.dir.mkdir(exist_ok=True)
         self.members: dict[str, Member] = {}
-        self.spares: dict[str, Spare] = {}  # member key -> its warm spare
-        self.spares_started = 0
-        self.crashed: set[str] = set()  # member keys whose worker died on a PC that stayed: they keep a spare
         self.params: np.ndarray | None = None
         self.outer = None
         self.broadcast = None
@@ -239,50 +227,15 @@ class PoolRun:
             key = f"{slot.host}/{'cpu' if slot.gpu is None else f'gpu{slot.gpu}'}"
             if key in self.members:
                 continue
-            spare = self.spares.pop(key, None)
-            if spare is not None and spare.node_id == node_id:
-                actor = spare.actor
-                starting = actor.take_over.remote(self.state.samplers.get(key))
-                self.log(f"worker {key}: its warm spare takes over")
-            else:
-                if spare is not None:
-                    _kill(spare.actor)  # on a node the PC has left
-                actor = self._start_worker(node_id, slot.gpu, len(self.members), self.state.samplers.get(key))
-                starting = actor.info.remote()
+            seed = self.config["train"]["seed"] + 7919 * (self.state.round + 1) + len(self.members)
+            actor = ray.remote(PoolWorker).options(
+                num_cpus=1, num_gpus=0 if slot.gpu is None else 1, max_restarts=0, max_concurrency=1,
+                scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
+            ).remote(self.config, self.data, seed, self.options.codec, self.state.samplers.get(key),
+                     "cpu" if slot.gpu is None else f"gpu{slot.gpu}")
             self.members[key] = Member(key, slot.host, slot.gpu, node_id, slot.speed_gflops, actor,
-                                       speed=self.state.speeds.get(key), starting=starting)
-        self.keep_spares()
-
-    def _start_worker(self, node_id: str, gpu: int | None, index: int, sampler: dict | None,
-                      standby: bool = False):
-        seed = self.config["train"]["seed"] + 7919 * (self.state.round + 1) + index
-        # A spare asks Ray for no CPU: it idles beside the worker on that worker's CPU slot.
-        return ray.remote(PoolWorker).options(
-            num_cpus=0 if standby else 1, num_gpus=0 if gpu is None else 1, max_restarts=0, max_concurrency=1,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-        ).remote(self.config, self.data, seed, self.options.codec, sampler,
-                 "cpu" if gpu is None else f"gpu{gpu}", standby)
-
-    def keep_spares(self) -> None:
-        """A warm spare beside every loaded CPU worker whose PC has had a worker crash
-        in this job, started one at a time. Only there: each spare holds a second copy
-        of the model and data in the PC's memory and takes a few CPU-seconds to load
-        beside the training, which a PC whose workers never crash would pay for
-        nothing. Not for GPU workers: Ray shows a process the GPU only if it holds it,
-        and the worker does."""
-        if not self.options.warm_spares:
-            return
-        loading = [s.loaded for s in self.spares.values()]
-        if loading and len(ray.wait(loading, num_returns=len(loading), timeout=0)[0]) < len(loading):
-            return
-        for key, m in self.members.items():
-            if m.gpu is None and m.info is not None and key in self.crashed and key not in self.spares:
-                # seeds apart from the members' (index < 1000): a spare never repeats a worker's stream
-                self.spares_started += 1
-                actor = self._start_worker(m.node_id, None, 1000 + self.spares_started, None, standby=True)
-                self.spares[key] = Spare(actor, m.node_id, actor.info.remote())
-                self.log(f"worker {key}: a warm spare loads beside it")
-                return
+                                       speed=self.state.speeds.get(key),
+                                       starting=actor.info.remote())
 
     def admit(self, wait_s: float, say: bool = True) -> list[Member]:
         """Let workers that have finished starting into the next round; returns them
@@ -325,18 +278,14 @@ class PoolRun:
     def ready(self) -> dict[str, Member]:
         return {k: m for k, m in self.members.items() if m.info is not None}
 
-    def drop(self, key: str, why: str, crashed: bool = False) -> None:
-        """`crashed`: the worker died and its PC stays, so its spare (if it has one yet)
-        takes over, and it keeps one from now on; otherwise (the PC gone, paused,
-        drained) the spare goes too."""
+    def drop(self, key: str, why: str) -> None:
         m = self.members.pop(key, None)
         if m is None:
             return
-        _kill(m.actor)
-        if crashed:
-            self.crashed.add(key)
-        elif key in self.spares:
-            _kill(self.spares.pop(key).actor)
+        try:
+            ray.kill(m.actor)
+        except Exception:  # already gone with its node
+            pass
         self.log(f"worker {key} left out: {why}")
 
     # --- rounds ---
@@ -484,9 +433,9 @@ class PoolRun:
         """The round's results that came by its deadline: ref -> (value, when it
         arrived), each taken as it comes so the head knows how long each worker took.
         A worker that dies is dropped at once and its PC gets a new one started at
-        once (or its warm spare takes over); PCs that joined get one at the next look
-        (every MEMBERS_POLL_S). Each loads while this round trains; `join` lets the
-        ready ones in, the moment one is ready."""
+        once; PCs that joined get one at the next look (every MEMBERS_POLL_S). Each
+        loads while this round trains; `join` lets the ready ones in, the moment
+        one is ready rather than at the next look."""
         end = time.monotonic() + deadline_s
         next_sync = time.monotonic() + MEMBERS_POLL_S
         results, failed = {}, set()
@@ -515,8 +464,7 @@ class PoolRun:
                     if self.members.get(key) is dispatched[key]:
                         paused = "WorkerPaused" in str(err)  # its device stepped aside: not a failure
                         self.drop(key, f"{_short(err)} in round {self.state.round + 1}" if paused
-                                  else f"died in round {self.state.round + 1} ({type(err).__name__})",
-                                  crashed=not paused)
+                                  else f"died in round {self.state.round + 1} ({type(err).__name__})")
                         next_sync = arrived  # its PC gets a new worker now, not at the next poll
             if time.monotonic() >= next_sync and time.monotonic() < end:
                 self.sync_members()
@@ -553,10 +501,12 @@ class PoolRun:
                 return
             self.fail(f"internal: {err!r}"[:300])
         finally:
-            for actor in [m.actor for m in self.members.values()] + [s.actor for s in self.spares.values()]:
-                _kill(actor)
+            for m in self.members.values():
+                try:
+                    ray.kill(m.actor)
+                except Exception:  # already gone with its node
+                    pass
             self.members.clear()
-            self.spares.clear()
             self.on_end()
 
     def _run(self) -> None:
@@ -646,13 +596,6 @@ class PoolRun:
         self.records.set(self.job_id, state=state, summary_json=json.dumps(summary), finished_at=time.time())
         self.log(f"{state} after {self.state.round} rounds, {self.state.tokens:,} tokens: val loss "
                  f"{self.state.val_loss if self.state.val_loss is None else round(self.state.val_loss, 4)}")
-
-
-def _kill(actor) -> None:
-    try:
-        ray.kill(actor)
-    except Exception:  # already gone with its node
-        pass
 
 
 def _short(err: Exception) -> str:

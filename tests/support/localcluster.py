@@ -94,14 +94,11 @@ class LocalCluster:
 
     def kill_training_worker(self, name: str) -> int:
         """SIGKILL the pool training worker process(es) on this PC (a crash, the OOM
-        killer); its agent and Ray node stay. Only workers that claim a device: a
-        warm spare claims none. Returns how many were killed."""
-        claims = self.state_dir / "agents" / f"{name}.claims"
-        claiming = {int(p.name.split(".")[0]) for p in claims.glob("[0-9]*.*")}
+        killer); its agent and Ray node stay. Returns how many were killed."""
         killed = 0
         for proc in psutil.Process(self.agents[name].pid).children(recursive=True):
             try:
-                if proc.pid in claiming and "PoolWorker" in " ".join(proc.cmdline()):
+                if "PoolWorker" in " ".join(proc.cmdline()):
                     proc.kill()
                     killed += 1
             except psutil.NoSuchProcess:

@@ -4,7 +4,6 @@ import os
 import threading
 import time
 
-import pytest
 import ray
 
 from cluster.head.db import Database
@@ -12,20 +11,6 @@ from cluster.head.hosts import HostRecords
 from cluster.head.raynodes import RayNodes
 from cluster.science.dispatch import ScienceDispatch
 from cluster.science.store import ScienceStore
-
-
-@pytest.fixture(scope="module")
-def ray_here():
-    # address="local": a Ray of its own, never one a cluster hint in /tmp/ray points at.
-    # Auth off, said outright: a new local Ray otherwise writes ~/.ray/auth_token, and
-    # every later Ray on this machine with no mode set would take it up.
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("RAY_USAGE_STATS_ENABLED", "0")
-        env.setenv("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
-                 object_store_memory=80 * 2**20, log_to_driver=False)
-        yield
-        ray.shutdown()
 
 
 @ray.remote(num_cpus=1)

@@ -100,11 +100,13 @@ def test_a_pc_added_mid_job_contributes_from_its_first_round(pool):
     wait_round(pool, job, 3)
     pool.join("late", "", "--duty-cycle", "1")
     pool.wait_state("late", "alive", timeout=90)
-    pool.wait_for(lambda: "worker late/cpu joins at round" in logs(pool, job), 60, "the late PC to join")
+    # It joins the round it finished loading in, for the time left, or the next one.
+    joins = r"worker late/cpu joins (?:at )?round (\d+)"
+    pool.wait_for(lambda: re.search(joins, logs(pool, job)), 60, "the late PC to join")
     salvage("train", "stop", "--state-dir", str(pool.state_dir), str(job))
     wait_job(pool, job)
     text = logs(pool, job)
-    first = int(re.search(r"worker late/cpu joins at round (\d+)", text)[1])
+    first = int(re.search(joins, text)[1])
     by_round = {r["round"]: r for r in rounds(text)}
     assert first > 3
     assert by_round[first]["workers"]["late/cpu"][0] > 0, text  # its steps count in the round it joined
@@ -130,27 +132,18 @@ def test_a_killed_worker_is_replaced_on_its_pc_and_rejoins_the_round_it_died_in(
     # Rounds of 1500 steps on the fastest PC, some seconds: a new worker loads well inside one.
     job = submit(pool, 50_000, "--sync-steps", "1500")
     wait_round(pool, job, 2)  # measured speeds: from now on rounds run on a time budget
-    joined = r"worker b/cpu joins round (\d+) mid-way"
     assert pool.kill_training_worker("b") == 1  # a crash: the PC, its agent and Ray node stay
-    pool.wait_for(lambda: re.search(joined, logs(pool, job)), 120, "a new worker on b to join mid-round")
-    # From its first crash on, b keeps a warm spare (claiming nothing, so the kill spares it).
-    pool.wait_for(lambda: "worker b/cpu: a warm spare loads beside it" in logs(pool, job), 60, "b's warm spare")
-    assert pool.kill_training_worker("b") == 1
-    pool.wait_for(lambda: len(re.findall(joined, logs(pool, job))) == 2, 120, "b's spare to join mid-round")
+    pool.wait_for(lambda: re.search(r"worker b/cpu joins round \d+ mid-way", logs(pool, job)), 120,
+                  "a new worker on b to join mid-round")
     salvage("train", "stop", "--state-dir", str(pool.state_dir), str(job))
     wait_job(pool, job)
     text = logs(pool, job)
-    died = [int(n) for n in re.findall(r"worker b/cpu left out: died in round (\d+)", text)]
-    back = [int(n) for n in re.findall(joined, text)]
-    assert died == back, text  # each time, in the round it died in
-    first, second = text.split("worker b/cpu left out: died")[1:3]
-    assert "its warm spare takes over" not in first, text  # a new process: b had not crashed before
-    assert "worker b/cpu: its warm spare takes over" in second, text
-    assert "worker a/cpu: a warm spare" not in text, text  # a PC that never crashed pays for no spare
+    died = int(re.search(r"worker b/cpu left out: died in round (\d+)", text)[1])
+    back = int(re.search(r"worker b/cpu joins round (\d+) mid-way", text)[1])
+    assert back == died, text
     by_round = {r["round"]: r for r in rounds(text)}
-    for n in back:
-        steps = by_round[n]["workers"]
-        assert 0 < steps["b/cpu"][0] < steps["a/cpu"][0], text  # its steps count, for the time it had
+    steps = by_round[back]["workers"]
+    assert 0 < steps["b/cpu"][0] < steps["a/cpu"][0], text  # its steps count, for the time it had
 
 
 def test_a_head_restart_resumes_the_job_from_its_checkpoint(pool):

@@ -41,12 +41,8 @@ def corrupted(kind: str, result: tuple) -> tuple:
 
 
 class PoolWorker:
-    """One device's worker. Started with `standby`, it is a warm spare: it loads
-    everything but claims nothing and takes no rounds until `take_over`, so a
-    crashed worker's PC trains again without waiting for a new process to load."""
-
     def __init__(self, config: dict, data: str | None, seed: int, codec: str,
-                 sampler_state: dict | None = None, device: str = "cpu", standby: bool = False):
+                 sampler_state: dict | None = None, device: str = "cpu"):
         from jobs.gpt.batches import fixed_batches
         from jobs.gpt.data import default_cache_dir, prepare_data
         from jobs.gpt.diloco import LocalTrainer
@@ -60,17 +56,8 @@ class PoolWorker:
             self.trainer.sampler.load_state_dict(sampler_state)
         self.val = fixed_batches(self.data.val, self.cfg.model.block_size, t.batch_size, t.eval_iters, t.seed + 1)
         self.pause = PauseWatch.here(device)
-        self.device = device
         # Held for the actor's life: its process ends with it, and that releases the claim.
-        self.claim = None if standby else DeviceClaim.here(device).take()
-
-    def take_over(self, sampler_state: dict | None) -> dict:
-        """The spare becomes the device's worker, going on with the batch stream of the
-        one it replaces where that one reported it; returns info()."""
-        if sampler_state:
-            self.trainer.sampler.load_state_dict(sampler_state)
-        self.claim = DeviceClaim.here(self.device).take()
-        return self.info()
+        self.claim = DeviceClaim.here(device).take()
 
     def info(self) -> dict:
         return {"device": self.trainer.describe(), "n_params": self.trainer.model.num_params(),
