@@ -450,11 +450,10 @@ class PoolRun:
             ready, _ = ray.wait(list(key_of) + starting, num_returns=1,
                                 timeout=max(0.0, min(end, next_sync) - now))
             arrived = time.monotonic()
-            if loaded_now := [ref for ref in ready if ref not in key_of]:
-                loaded.update(loaded_now)
-                join()
             for ref in ready:
-                if ref not in key_of:
+                if ref not in key_of:  # a starting worker has loaded
+                    loaded.add(ref)
+                    join()
                     continue
                 key = key_of[ref]
                 try:
