@@ -282,10 +282,7 @@ class PoolRun:
         m = self.members.pop(key, None)
         if m is None:
             return
-        try:
-            ray.kill(m.actor)
-        except Exception:  # already gone with its node
-            pass
+        _kill(m.actor)
         self.log(f"worker {key} left out: {why}")
 
     # --- rounds ---
@@ -501,10 +498,7 @@ class PoolRun:
             self.fail(f"internal: {err!r}"[:300])
         finally:
             for m in self.members.values():
-                try:
-                    ray.kill(m.actor)
-                except Exception:  # already gone with its node
-                    pass
+                _kill(m.actor)
             self.members.clear()
             self.on_end()
 
@@ -595,6 +589,13 @@ class PoolRun:
         self.records.set(self.job_id, state=state, summary_json=json.dumps(summary), finished_at=time.time())
         self.log(f"{state} after {self.state.round} rounds, {self.state.tokens:,} tokens: val loss "
                  f"{self.state.val_loss if self.state.val_loss is None else round(self.state.val_loss, 4)}")
+
+
+def _kill(actor) -> None:
+    try:
+        ray.kill(actor)
+    except Exception:  # already gone with its node
+        pass
 
 
 def _short(err: Exception) -> str:
