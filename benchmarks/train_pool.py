@@ -114,7 +114,6 @@ def say(text: str) -> None:
 class Bench:
     def __init__(self, state_dir: Path, sets: list[str]):
         self.cluster = LocalCluster(state_dir)
-        self.names = {pc: pc for pc in POOL}  # PC -> its agent's name now (a PC back from a power cut has a new one)
         self.sets = sets
         self.cfg = load_config("shakespeare-char-cpu", overrides=dict(_kv(s) for s in sets))
         self.tps = self.cfg.train.batch_size * self.cfg.model.block_size
@@ -131,9 +130,9 @@ class Bench:
         for name in POOL:
             self.cluster.wait_state(name, "alive", timeout=120)
 
-    def join(self, name: str, as_name: str | None = None) -> None:
+    def join(self, name: str) -> None:
         # The agent's default poll interval (the test harness polls every second).
-        self.cluster.join(as_name or name, "", "--duty-cycle", str(POOL[name]), "--poll-interval", "5")
+        self.cluster.join(name, "", "--duty-cycle", str(POOL[name]), "--poll-interval", "5")
 
     def submit(self, *extra: str) -> int:
         sets = [x for s in self.sets for x in ("--set", s)]
@@ -191,7 +190,7 @@ class Bench:
         """`steps` steps on one PC alone, in `rounds` rounds whose outer step is plain
         replacement in fp32: the single-worker job, measured the way the pool is."""
         return self.submit("--workers", "1", "--sync-steps", str(max(1, steps // rounds)), "--codec", "fp32",
-                           "--pool-set", f'hosts="{self.names[pc]}"', "--pool-set", "outer_lr=1.0", "--pool-set",
+                           "--pool-set", f'hosts="{pc}"', "--pool-set", "outer_lr=1.0", "--pool-set",
                            "outer_momentum=0.0", "--pool-set", f"token_factor={steps / self.cfg.train.max_iters}",
                            *extra)
 
@@ -239,9 +238,10 @@ class Churn:
             owner ending it). The PC, its agent and its Ray node stay; the pool starts
             a new worker there when it sees the loss, and that one rejoins once loaded.
     power   the PC loses power: its whole process tree is killed, and two rounds later
-            it comes back as a new agent under a new name (the head would refuse its old
-            name until it has noticed the loss, 20 s later). It trains again once its
-            agent, Ray node and worker have started.
+            it comes back: a new agent under its own name, which takes the name back
+            from the dead one (the head asks for two missed beats and a silent metrics
+            port, not the 20 s after which it would see the PC lost). It trains again
+            once its agent, Ray node and worker have started.
 
     A PC that is not training (still coming back from its last loss) is not picked:
     killing it again would measure start-up loops, not a pool losing workers."""
@@ -251,11 +251,10 @@ class Churn:
         self.mode = mode
         self.rate = rate
         self.rng = random.Random(seed)
-        self.alive = bench.names  # PC -> its current agent name
         self.down: dict[str, int] = {}  # PC -> the round after which it lost power
         self.on_since: dict[str, float] = dict.fromkeys(POOL, -math.inf)  # PC -> powered on since (time.time())
         self.powered: dict[str, list[tuple[float, float]]] = {pc: [] for pc in POOL}  # closed on-intervals
-        self.restarts: list[tuple[str, float]] = []  # (agent name, when its agent started)
+        self.restarts: list[tuple[str, float]] = []  # (PC, when its agent started again)
         self.respawns: list[tuple[str, float]] = []  # (PC, when its worker was killed)
         self.out: set[str] = set()  # PCs lost and not seen training since
         self.kills = 0
@@ -264,33 +263,31 @@ class Churn:
 
     def on_round(self, record: dict) -> None:
         round_no = record["round"]
-        training = {w["worker"].split("/")[0] for w in record["workers"]}
-        self.out -= {pc for pc in self.out if self.alive[pc] in training and pc not in self.down}
+        training = {pc_of(w["worker"]) for w in record["workers"]}
+        self.out -= {pc for pc in self.out if pc in training and pc not in self.down}
         for r in range(self.last + 1, round_no + 1):
             for pc, when in list(self.down.items()):
                 if r >= when + 2:
                     self.power_on(pc)
-            up = [pc for pc in POOL if pc not in self.out and self.alive[pc] in training]
+            up = [pc for pc in POOL if pc not in self.out and pc in training]
             if len(up) > 1 and self.rng.random() < self.rate:
                 pc = self.rng.choice(up)
                 if self.mode == "power":
                     self.powered[pc].append((self.on_since.pop(pc), time.time()))
-                    self.bench.cluster.stop_agent(self.alive[pc], signal.SIGKILL)
+                    self.bench.cluster.stop_agent(pc, signal.SIGKILL)
                     self.down[pc] = r
                 else:
                     self.respawns.append((pc, time.time()))
-                    self.bench.cluster.kill_training_worker(self.alive[pc])
+                    self.bench.cluster.kill_training_worker(pc)
                 self.out.add(pc)
                 self.kills += 1
                 self.log.append((r, pc))
         self.last = round_no
 
     def power_on(self, pc: str) -> None:
-        name = f"{pc}-{self.kills}"
         self.on_since[pc] = time.time()  # from its agent starting: its start-up counts against the pool
-        self.restarts.append((name, self.on_since[pc]))
-        self.bench.join(pc, as_name=name)
-        self.alive[pc] = name
+        self.restarts.append((pc, self.on_since[pc]))
+        self.bench.join(pc)
         del self.down[pc]
 
     def on_intervals(self) -> dict[str, list[tuple[float, float]]]:
@@ -302,13 +299,19 @@ class Churn:
         self.intervals = self.on_intervals()  # before the PCs still down come back for the next runs
         for pc in list(self.down):
             self.power_on(pc)
-        for name in self.alive.values():  # the runs that follow need all four PCs
-            self.bench.cluster.wait_state(name, "alive", timeout=120)
+        for pc in POOL:  # the runs that follow need all four PCs
+            self.bench.cluster.wait_for(lambda pc=pc: self.back(pc), 120, f"{pc} back")
+
+    def back(self, pc: str) -> bool:
+        """Alive, on its new agent if it was restarted (the last one's row says alive
+        until the new agent takes the name over)."""
+        node = self.bench.cluster.node(pc)
+        return node is not None and node["state"] == "alive" and node["last_seen"] > self.on_since[pc]
 
 
 def pc_of(worker: str) -> str:
-    """The simulated PC behind a worker key: "w2/cpu" and, after a power cut, "w2-7/cpu"."""
-    return worker.split("/")[0].split("-")[0]
+    """The simulated PC behind a worker key such as "w2/cpu"."""
+    return worker.split("/")[0]
 
 
 def powered_solo(t0: float, t1: float, intervals: dict[str, list[tuple[float, float]]],
@@ -465,8 +468,7 @@ def steady_rate(rounds: list[dict]) -> float:
 def compute_rate(rounds: list[dict], tokens_per_step: int) -> float:
     """What the pool's PCs computed, summed: each PC's tokens over its own time
     training in the rounds after the first (its duty-cycle rests between steps
-    included; fetching the parameters and waiting for the others left out). A PC
-    back from a power cut under a new name is still one PC."""
+    included; fetching the parameters and waiting for the others left out)."""
     tokens: dict[str, float] = {}
     busy: dict[str, float] = {}
     for r in rounds[1:]:
@@ -591,7 +593,7 @@ def main() -> int:
             churn = run["churn"]
             retained = churn_retained(rs, churn.intervals, solo)
             if mode == "power":
-                back = [first_contribution(rs, t, f"{name}/") for name, t in churn.restarts]
+                back = [first_contribution(rs, t, f"{pc}/") for pc, t in churn.restarts]
                 out["churn_power_retained"] = round(retained, 3)
                 out["rejoin_s"] = round(float(np.median([b for b in back if b is not None])), 1) \
                     if any(b is not None for b in back) else None

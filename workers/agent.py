@@ -43,6 +43,9 @@ JOIN_TIMEOUT_S = 10.0
 # A port picked free for the node can be taken by another process before Ray binds it
 # (several nodes starting at once on one machine): the node exits, and is started again.
 RAY_START_TRIES = 3
+# How long a restarted agent waits for the head to let its name go from the agent
+# before it (the head's LOST_AFTER_S, and a margin); each try is a second apart.
+NAME_WAIT_S = 30.0
 TICK_S = 1.0  # how often the agent looks at what its work claims (and lends the rest to BOINC)
 NEW_CLAIM_LOOK_S = 0.1  # between ticks, how often it looks for a new claim: BOINC yields that much sooner
 ATTACH_WAIT_S = 30.0
@@ -250,11 +253,23 @@ class Agent:
         write_private(self.secret_file, (secret + "\n").encode())
 
     def check_name_free(self) -> None:
-        try:
-            self.head.post("/api/hosts/check", {"name": self.config.name, "agent_id": self.agent_id,
-                                                "secret": self.secret()})
-        except HeadError as err:
-            raise JoinError(str(err)) from None
+        """A name held by another PC is refused at once. One held by this PC's last agent
+        (423: a crash or a quick reboot the head has not seen yet) comes free within
+        seconds, once that agent has missed its beats: it is asked again until then."""
+        body = {"name": self.config.name, "agent_id": self.agent_id, "secret": self.secret()}
+        deadline = time.monotonic() + NAME_WAIT_S
+        said = False
+        while True:
+            try:
+                self.head.post("/api/hosts/check", body)
+                return
+            except HeadError as err:
+                if err.status != 423 or time.monotonic() > deadline:
+                    raise JoinError(str(err)) from None
+                if not said:
+                    self.say(f"waiting for the head to let {self.config.name}'s last agent go ({err})")
+                    said = True
+            self._stop.wait(1.0)
 
     def start_ray(self, cluster: dict) -> None:
         info = self.host_info

@@ -9,6 +9,7 @@ import ipaddress
 import json
 import re
 import secrets
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -21,7 +22,11 @@ from .db import Database
 from .http import ApiError, Route
 from .raynodes import HOST_LABEL, RayNodes
 
-LOST_AFTER_S = 20.0  # an agent beats every 5 s; three missed beats and it is lost
+LOST_AFTER_S = 20.0  # an agent beats every 2 s; ten missed beats and it is lost
+# A PC's agent that starts again (a crash, a quick reboot) takes its name back at once from
+# the last one, once that one has missed two beats and nothing answers on its metrics port.
+RESTART_SILENCE_S = 5.0
+LAST_AGENT_PROBE_S = 1.0
 AGENT_ID_RE = re.compile(r"[0-9a-f]{32}")
 AGENT_STATES = ("starting", "idle", "busy", "paused", "leaving")
 COLUMNS = ("name, agent_id, state, info_json, metrics_addr, ray_node_id, lost_gpus, joined_at, last_seen, "
@@ -293,6 +298,19 @@ def metrics_address(value, node_ip: str) -> str | None:
     return value
 
 
+def answers(addr: str | None) -> bool:
+    """Whether anything listens at an agent's metrics address (IP:PORT, checked at its
+    registration). Without one there is nothing to ask, so the agent counts as running."""
+    if not addr:
+        return True
+    host, _, port = addr.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=LAST_AGENT_PROBE_S):
+            return True
+    except OSError:  # refused, or no answer: a PC that is off answers nothing
+        return False
+
+
 def field(body: dict, name: str, kind: type):
     """body[name] if it is a `kind`, else a one-line 400."""
     value = body.get(name)
@@ -387,9 +405,25 @@ class HostsApi:
             raise ApiError(409, f"name: {name!r} belongs to another PC (this one does not hold its secret); "
                                 "join with another --name, or `salvage worker forget` it on the head")
         if row.state == "alive" and row.agent_id != agent_id:
-            raise ApiError(409, f"name: an agent named {name!r} is already in the cluster; "
-                                "stop it first or join with another --name")
+            if not row.secret_hash:
+                raise ApiError(409, f"name: an agent named {name!r} is already in the cluster; "
+                                    "stop it first or join with another --name")
+            # This PC itself (it showed the secret): its last agent is gone, or it runs twice.
+            silent = time.time() - row.last_seen
+            if silent < RESTART_SILENCE_S or answers(row.metrics_addr):
+                raise ApiError(423, f"name: an agent of this PC named {name!r} still runs (its last heartbeat "
+                                    f"{silent:.0f} s ago); stop it first or join with another --name")
+            self._take_over(row)
+            row = self.hosts.get(name)
         return row
+
+    def _take_over(self, row: HostRow) -> None:
+        """The last agent of a PC whose new agent is registering is gone: its host is
+        lost now, not after LOST_AFTER_S, and so is its Ray node, so work leaves both at once."""
+        if self.hosts.set_state(row.name, "lost", agent_id=row.agent_id):
+            self.nodes.mark_dead(row.ray_node_id)
+            self._event(row.name, "restarted", "its agent started again; the last one is gone")
+            self.on_lost(row.name)
 
     def api_check(self, body: dict) -> dict:
         self._claim(field(body, "name", str), agent_id_of(body), body.get("secret"))

@@ -42,7 +42,7 @@ from .records import JobRecords
 
 MIN_DEADLINE_S = 20.0
 NEW_WORKER_GRACE_S = 60.0  # how long a job's first round waits for its workers to start
-MEMBERS_POLL_S = 1.0  # during a round, how often to look for PCs that joined
+MEMBERS_POLL_S = 0.25  # during a round, how often to look for PCs that joined (a cheap read)
 DISK_FULL_PAUSE_S = 10.0  # a job stopped by a full disk waits this long before it is started again
 
 

@@ -140,6 +140,26 @@ def test_a_killed_agent_turns_lost_then_alive_again(pool):
     pool.wait_state("office", "alive", timeout=90)
 
 
+def test_a_killed_agent_started_again_at_once_takes_its_name_back(pool):
+    """A crash and a quick restart (systemd, a fast reboot): the new agent does not
+    fail on its own name, and the head lets the last agent go without waiting to see
+    it lost."""
+    before = len(pool.agent_log("office"))
+    pool.stop_agent("office", signal.SIGKILL)
+    pool.join("office", "")
+
+    def back():
+        node = pool.node("office")
+        new_log = pool.agent_log("office")[before:]
+        return node["state"] == "alive" and "joined as office" in new_log and node
+
+    node = pool.wait_for(back, 60, "office to join again")
+    log = pool.agent_log("office")[before:]
+    assert "Error:" not in log
+    assert any(e["kind"] == "restarted" for e in pool.client().post("/api/hosts/events", {"host": "office"})["events"])
+    assert node["last_seen"] > time.time() - 10
+
+
 def test_sigterm_leaves_cleanly(pool):
     assert pool.stop_agent("mixed", signal.SIGTERM) == 0
     assert pool.node("mixed")["state"] == "left"

@@ -2,11 +2,14 @@
 and API, with a stand-in for Ray's node list (no cluster). Fuzzed records are
 refused whole, a name stays with the PC that holds its secret, work goes only
 to the node a registration bound, and service discovery cannot be pointed
-elsewhere."""
+elsewhere. A PC whose agent starts again takes its name back at once from its
+last agent, but only once that one is silent and gone."""
 import copy
 import json
 import random
+import socket
 import sqlite3
+import time
 
 import pytest
 
@@ -39,6 +42,11 @@ class Nodes:
     def alive(self, node_id):
         return next((n for n in self.nodes if n["NodeID"] == node_id and n["Alive"]), None)
 
+    def mark_dead(self, node_id):
+        for n in self.nodes:
+            if n["NodeID"] == node_id:
+                n["Alive"] = False
+
 
 def record(name="pc1", **extra):
     info = HostInfo(name=name, cpu_model="cpu", cpu_cores=4, ram_bytes=2**34, disk_bytes=2**40,
@@ -53,8 +61,10 @@ def api(tmp_path):
     db = Database(tmp_path / "salvage.db")
     nodes = Nodes()
     hosts = HostRecords(db)
-    api = HostsApi(hosts, nodes, epoch=1.0, running=dict, busy=dict, on_lost=lambda name: None,
+    lost = []
+    api = HostsApi(hosts, nodes, epoch=1.0, running=dict, busy=dict, on_lost=lost.append,
                    log=lambda line: None, about={}, loopback=True)
+    api.lost = lost
     yield api, nodes, hosts
     db.close()
 
@@ -79,6 +89,56 @@ def test_the_first_join_binds_the_name_to_a_secret_and_only_it_reclaims_the_name
     assert hosts.get("pc1").ray_node_id == "node-1"  # nothing of it was stored
     assert "secret" not in register(api, record(), AGENT_B, secret=secret)  # the PC itself, back
     assert hosts.get("pc1").ray_node_id == "node-2" and hosts.get("pc1").state == "alive"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.2", 0))
+        return s.getsockname()[1]
+
+
+def silence(hosts, name, seconds):
+    with hosts.db.lock:
+        hosts.db.conn.execute("UPDATE hosts SET last_seen = ? WHERE name = ?", (time.time() - seconds, name))
+
+
+def test_a_restarted_agent_takes_its_name_back_once_the_last_one_is_silent_and_gone(api):
+    api, nodes, hosts = api
+    nodes.add("node-1", "pc1", AGENT_A)
+    secret = register(api, record(), AGENT_A, metrics=f"127.0.0.2:{free_port()}")["secret"]
+    nodes.add("node-2", "pc1", AGENT_B)
+    # Still beating: the same PC running a second agent, not a restart.
+    with pytest.raises(ApiError) as err:
+        api.api_check({"name": "pc1", "agent_id": AGENT_B, "secret": secret})
+    assert err.value.status == 423 and "still runs" in str(err.value)
+    silence(hosts, "pc1", 30)
+    with pytest.raises(ApiError) as err:  # no secret: another PC, refused as ever
+        api.api_check({"name": "pc1", "agent_id": AGENT_B, "secret": None})
+    assert err.value.status == 409
+    assert hosts.get("pc1").agent_id == AGENT_A and api.lost == []
+    # Silent and nothing listens where its metrics were: gone. The name comes free now.
+    api.api_check({"name": "pc1", "agent_id": AGENT_B, "secret": secret})
+    assert api.lost == ["pc1"] and nodes.alive("node-1") is None
+    assert hosts.events("pc1")[0]["kind"] == "restarted"
+    register(api, record(), AGENT_B, secret=secret)
+    row = hosts.get("pc1")
+    assert (row.state, row.agent_id, row.ray_node_id) == ("alive", AGENT_B, "node-2")
+
+
+def test_a_silent_agent_whose_metrics_port_answers_keeps_its_name(api):
+    api, nodes, hosts = api
+    with socket.socket() as listening:  # a hung agent: no beats, but its process is there
+        listening.bind(("127.0.0.2", 0))
+        listening.listen()
+        nodes.add("node-1", "pc1", AGENT_A)
+        secret = register(api, record(), AGENT_A, metrics=f"127.0.0.2:{listening.getsockname()[1]}")["secret"]
+        silence(hosts, "pc1", 10)
+        nodes.add("node-2", "pc1", AGENT_B)
+        with pytest.raises(ApiError) as err:
+            register(api, record(), AGENT_B, secret=secret)
+        assert err.value.status == 423
+    row = hosts.get("pc1")
+    assert (row.state, row.agent_id, row.ray_node_id) == ("alive", AGENT_A, "node-1") and api.lost == []
 
 
 def test_work_goes_only_to_the_node_the_registration_bound(api):
