@@ -257,7 +257,6 @@ class Churn:
         self.restarts: list[tuple[str, float]] = []  # (PC, when its agent started again)
         self.respawns: list[tuple[str, float]] = []  # (PC, when its worker was killed)
         self.out: set[str] = set()  # PCs lost and not seen training since
-        self.kills = 0
         self.log: list[tuple[int, str]] = []  # (last round seen before the loss, PC)
         self.last = 0
 
@@ -280,7 +279,6 @@ class Churn:
                     self.respawns.append((pc, time.time()))
                     self.bench.cluster.kill_training_worker(pc)
                 self.out.add(pc)
-                self.kills += 1
                 self.log.append((r, pc))
         self.last = round_no
 

@@ -16,6 +16,7 @@ import pytest
 from cluster.head.db import Database
 from cluster.head.hosts import HostRecords, HostsApi, machine_key
 from cluster.head.http import ApiError
+from workers.raynode import free_ports
 from workers.records import GpuInfo, HostInfo, RecordError
 
 AGENT_A = "a" * 32
@@ -91,12 +92,6 @@ def test_the_first_join_binds_the_name_to_a_secret_and_only_it_reclaims_the_name
     assert hosts.get("pc1").ray_node_id == "node-2" and hosts.get("pc1").state == "alive"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.2", 0))
-        return s.getsockname()[1]
-
-
 def silence(hosts, name, seconds):
     with hosts.db.lock:
         hosts.db.conn.execute("UPDATE hosts SET last_seen = ? WHERE name = ?", (time.time() - seconds, name))
@@ -105,7 +100,7 @@ def silence(hosts, name, seconds):
 def test_a_restarted_agent_takes_its_name_back_once_the_last_one_is_silent_and_gone(api):
     api, nodes, hosts = api
     nodes.add("node-1", "pc1", AGENT_A)
-    secret = register(api, record(), AGENT_A, metrics=f"127.0.0.2:{free_port()}")["secret"]
+    secret = register(api, record(), AGENT_A, metrics=f"127.0.0.2:{free_ports(1)[0]}")["secret"]
     nodes.add("node-2", "pc1", AGENT_B)
     # Still beating: the same PC running a second agent, not a restart.
     with pytest.raises(ApiError) as err:
