@@ -44,7 +44,11 @@ Measured, in this order, in one run:
                pool); from the worker-kill run, and `churn_power_retained` from the
                power-cut run. rejoin_s: the median time from a PC's agent starting
                again to the end of the first round it contributed to (power-cut run);
-               respawn_s the same from a killed worker (worker-kill run).
+               respawn_s the same from a killed worker (worker-kill run). start_s: the
+               median time from a PC's agent starting to its worker joining a round
+               (agent, Ray node, worker and torch started), and
+               churn_power_retained_after_start the power-cut run's retained with each
+               PC counted from then: the share of the loss that is start-up.
 
 Times are wall time from the start of a job's first round (workers' start-up left
 out, for the solo run the same way); what happens between rounds is included. Validation loss is measured
@@ -75,6 +79,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -150,6 +155,17 @@ class Bench:
             db.close()
         self.last_state = state
         return [d for (raw,) in rows if "train_loss" in (d := json.loads(raw))]
+
+    def joins(self, job: int) -> list[tuple[float, str]]:
+        """(when, worker key) of each worker's join in the job's log: the moment it had
+        loaded and the pool gave it steps."""
+        db = sqlite3.connect(f"file:{self.cluster.state_dir / 'salvage.db'}?mode=ro", uri=True)
+        try:
+            rows = db.execute("SELECT t, data_json FROM train_log WHERE job_id = ? AND kind = 'log' ORDER BY seq",
+                              (job,)).fetchall()
+        finally:
+            db.close()
+        return [(t, m.group(1)) for t, raw in rows if (m := re.match(r"worker (\S+) joins ", json.loads(raw)))]
 
     def wait(self, job: int, on_round=None, timeout: float = 3600) -> list[dict]:
         deadline = time.monotonic() + timeout
@@ -330,6 +346,12 @@ def churn_retained(rounds: list[dict], intervals: dict[str, list[tuple[float, fl
     tokens = sum(r["tokens"] - p["tokens"] for p, r in zip(rounds, rounds[1:]))
     could = sum(powered_solo(r["t_wall"] - r["round_s"], r["t_wall"], intervals, solo) for r in rounds[1:])
     return tokens / could
+
+
+def from_ready(intervals: dict[str, list[tuple[float, float]]], ready: dict[float, float]) -> dict:
+    """The on-intervals with each restart's start moved to when its worker was ready
+    (`ready`: restart time -> ready time): the PCs as if they started in no time."""
+    return {pc: [(min(ready.get(start, start), end), end) for start, end in spans] for pc, spans in intervals.items()}
 
 
 def first_contribution(rounds: list[dict], since: float, worker_prefix: str) -> float | None:
@@ -593,6 +615,16 @@ def main() -> int:
             if mode == "power":
                 back = [first_contribution(rs, t, f"{pc}/") for pc, t in churn.restarts]
                 out["churn_power_retained"] = round(retained, 3)
+                # The same with each PC counted from its worker being ready: what is left
+                # of the loss is the pool's own; the rest is starting an agent, a Ray node
+                # and a worker (torch) on a machine whose cores the pool is using.
+                joins = bench.joins(run["job"])
+                ready = {t: next((at for at, key in joins if at > t and key.startswith(f"{pc}/")), None)
+                         for pc, t in churn.restarts}
+                start_s = [r - t for t, r in ready.items() if r is not None]
+                out["start_s"] = round(float(np.median(start_s)), 1) if start_s else None
+                out["churn_power_retained_after_start"] = round(churn_retained(
+                    rs, from_ready(churn.intervals, {t: r for t, r in ready.items() if r is not None}), solo), 3)
                 out["rejoin_s"] = round(float(np.median([b for b in back if b is not None])), 1) \
                     if any(b is not None for b in back) else None
             else:

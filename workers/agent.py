@@ -44,8 +44,10 @@ JOIN_TIMEOUT_S = 10.0
 # (several nodes starting at once on one machine): the node exits, and is started again.
 RAY_START_TRIES = 3
 # How long a restarted agent waits for the head to let its name go from the agent
-# before it (the head's LOST_AFTER_S, and a margin); each try is a second apart.
+# before it (seconds, once that one has missed its beats), and how often it asks, as
+# it does while the head has not seen its Ray node.
 NAME_WAIT_S = 30.0
+ASK_AGAIN_S = 0.25
 TICK_S = 1.0  # how often the agent looks at what its work claims (and lends the rest to BOINC)
 NEW_CLAIM_LOOK_S = 0.1  # between ticks, how often it looks for a new claim: BOINC yields that much sooner
 ATTACH_WAIT_S = 30.0
@@ -252,24 +254,25 @@ class Agent:
         self.secret_file.parent.mkdir(parents=True, exist_ok=True)
         write_private(self.secret_file, (secret + "\n").encode())
 
-    def check_name_free(self) -> None:
-        """A name held by another PC is refused at once. One held by this PC's last agent
-        (423: a crash or a quick reboot the head has not seen yet) comes free within
-        seconds, once that agent has missed its beats: it is asked again until then."""
+    def check_name_free(self, wait: bool = False) -> bool:
+        """Whether the head lets this agent have its name now. A name held by another
+        PC is refused at once. One held by this PC's last agent (423: a crash or a
+        quick reboot the head has not seen yet) comes free within seconds, once that
+        agent has missed its beats; with `wait` it is asked again until then."""
         body = {"name": self.config.name, "agent_id": self.agent_id, "secret": self.secret()}
         deadline = time.monotonic() + NAME_WAIT_S
-        said = False
         while True:
             try:
                 self.head.post("/api/hosts/check", body)
-                return
+                return True
             except HeadError as err:
                 if err.status != 423 or time.monotonic() > deadline:
                     raise JoinError(str(err)) from None
-                if not said:
-                    self.say(f"waiting for the head to let {self.config.name}'s last agent go ({err})")
-                    said = True
-            self._stop.wait(1.0)
+                if not wait:
+                    self.say(f"waiting for the head to let {self.config.name}'s last agent go ({err}); "
+                             "starting Ray meanwhile")
+                    return False
+            self._stop.wait(ASK_AGAIN_S)
 
     def start_ray(self, cluster: dict) -> None:
         info = self.host_info
@@ -323,7 +326,7 @@ class Agent:
                     self.keep_secret(reply["secret"])
                 return
             except HeadError as err:
-                # 425: the head has not seen our Ray node yet; it takes a few seconds.
+                # 425: the head has not seen our Ray node yet; it takes a second or two.
                 if err.status != 425 or time.monotonic() > deadline:
                     raise JoinError(str(err)) from None
             except HeadUnreachable as err:  # a busy head: asked again until the deadline
@@ -331,7 +334,7 @@ class Agent:
                     raise JoinError(f"address: the head stopped answering while this PC registered [{err}]") from None
             if not self.ray_node.alive():
                 raise RayNodeExited(f"ray: the Ray node exited while joining: {self.ray_node.log_tail(3)}")
-            time.sleep(0.5)
+            time.sleep(ASK_AGAIN_S)
 
     def serve_metrics(self) -> None:
         self.registry.register(AgentCollector(self))
@@ -530,14 +533,14 @@ class Agent:
             self.say(f"note: {note}")
         for g in info.gpus:
             self.say(f"GPU {g.index}: {g.name}, {g.vram_bytes / 2**30:.1f} GiB, compute {g.compute_capability}")
-        self.check_name_free()
+        name_free = self.check_name_free()
         age = self.measure()
         kept = "" if age is None else f" (kept from {age / 60:.0f} min ago)"
         self.say(f"measured speed: {info.speed_gflops:.1f} GFLOP/s{kept}")
         self.poll()
         self.apply_power_cap()
         self.step_aside()
-        self.join_ray(cluster, first=True)
+        self.join_ray(cluster, first=True, name_free=name_free)
         self.say(f"joined as {info.name}; metrics on http://{self.metrics_addr}/metrics")
         self.lend_idle_devices()
         if self.boinc is not None:
@@ -586,11 +589,16 @@ class Agent:
         return (f"BOINC at {where}: {len(s.projects)} project(s), {s.tasks.get('running', 0)} task(s) running; "
                 f"it gets every device salvage leaves idle for {self.config.boinc.idle_s:g} s")
 
-    def join_ray(self, cluster: dict, first: bool = False) -> None:
+    def join_ray(self, cluster: dict, first: bool = False, name_free: bool = True) -> None:
+        """`name_free` False: the head still holds this PC's name for its last agent, and
+        this PC's Ray node starts while it waits (seconds each). Our metrics server starts
+        only after: on the last agent's port, it would answer the head's look for that agent."""
         with start_lock():  # held until the head sees our node
             for attempt in range(1, RAY_START_TRIES + 1):
                 self.start_ray(cluster)  # ports picked afresh each time
                 try:
+                    if not name_free:
+                        name_free = self.check_name_free(wait=True)
                     if first and self._metrics_server is None:
                         self.serve_metrics()
                     self.register()

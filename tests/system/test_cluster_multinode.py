@@ -143,10 +143,12 @@ def test_a_killed_agent_turns_lost_then_alive_again(pool):
 def test_a_killed_agent_started_again_at_once_takes_its_name_back(pool):
     """A crash and a quick restart (systemd, a fast reboot): the new agent does not
     fail on its own name, and the head lets the last agent go without waiting to see
-    it lost."""
+    it lost. The new agent listens on the same metrics port, as a real PC's does: it must
+    not answer there for its last agent while the head looks."""
+    port = pool.node("office")["metrics"].rsplit(":", 1)[1]
     before = len(pool.agent_log("office"))
     pool.stop_agent("office", signal.SIGKILL)
-    pool.join("office", "")
+    pool.join("office", "", "--metrics-port", port)
 
     def back():
         node = pool.node("office")
@@ -156,6 +158,8 @@ def test_a_killed_agent_started_again_at_once_takes_its_name_back(pool):
     node = pool.wait_for(back, 60, "office to join again")
     log = pool.agent_log("office")[before:]
     assert "Error:" not in log
+    assert "last agent go" in log  # it started at once, while the head still held the name
+    assert node["metrics"].endswith(f":{port}")
     assert any(e["kind"] == "restarted" for e in pool.client().post("/api/hosts/events", {"host": "office"})["events"])
     assert node["last_seen"] > time.time() - 10
 
