@@ -615,9 +615,9 @@ def main() -> int:
             if mode == "power":
                 back = [first_contribution(rs, t, f"{pc}/") for pc, t in churn.restarts]
                 out["churn_power_retained"] = round(retained, 3)
-                # The same with each PC counted from its worker being ready: what is left
-                # of the loss is the pool's own; the rest is starting an agent, a Ray node
-                # and a worker (torch) on a machine whose cores the pool is using.
+                # The same with each PC counted from its worker being ready: the loss left
+                # is the rounds' and the shared cores' (eta_compute); the rest is starting
+                # an agent, a Ray node and a worker (torch) beside the pool.
                 joins = bench.joins(run["job"])
                 ready = {t: next((at for at, key in joins if at > t and key.startswith(f"{pc}/")), None)
                          for pc, t in churn.restarts}
