@@ -145,26 +145,23 @@ class Bench:
                       *sets, *extra)
         return int(out.stdout.strip().splitlines()[-1])
 
-    def rounds(self, job: int) -> list[dict]:
+    def query(self, sql: str, *args) -> list[tuple]:
+        """Rows from the head's database, read-only beside the running head."""
         db = sqlite3.connect(f"file:{self.cluster.state_dir / 'salvage.db'}?mode=ro", uri=True)
         try:
-            rows = db.execute("SELECT data_json FROM train_log WHERE job_id = ? AND kind = 'progress' ORDER BY seq",
-                              (job,)).fetchall()
-            state = db.execute("SELECT state, error FROM train_jobs WHERE id = ?", (job,)).fetchone()
+            return db.execute(sql, args).fetchall()
         finally:
             db.close()
-        self.last_state = state
+
+    def rounds(self, job: int) -> list[dict]:
+        rows = self.query("SELECT data_json FROM train_log WHERE job_id = ? AND kind = 'progress' ORDER BY seq", job)
+        self.last_state = self.query("SELECT state, error FROM train_jobs WHERE id = ?", job)[0]
         return [d for (raw,) in rows if "train_loss" in (d := json.loads(raw))]
 
     def joins(self, job: int) -> list[tuple[float, str]]:
         """(when, worker key) of each worker's join in the job's log: the moment it had
         loaded and the pool gave it steps."""
-        db = sqlite3.connect(f"file:{self.cluster.state_dir / 'salvage.db'}?mode=ro", uri=True)
-        try:
-            rows = db.execute("SELECT t, data_json FROM train_log WHERE job_id = ? AND kind = 'log' ORDER BY seq",
-                              (job,)).fetchall()
-        finally:
-            db.close()
+        rows = self.query("SELECT t, data_json FROM train_log WHERE job_id = ? AND kind = 'log' ORDER BY seq", job)
         return [(t, m.group(1)) for t, raw in rows if (m := re.match(r"worker (\S+) joins ", json.loads(raw)))]
 
     def wait(self, job: int, on_round=None, timeout: float = 3600) -> list[dict]:
@@ -619,12 +616,11 @@ def main() -> int:
                 # is the rounds' and the shared cores' (eta_compute); the rest is starting
                 # an agent, a Ray node and a worker (torch) beside the pool.
                 joins = bench.joins(run["job"])
-                ready = {t: next((at for at, key in joins if at > t and key.startswith(f"{pc}/")), None)
-                         for pc, t in churn.restarts}
-                start_s = [r - t for t, r in ready.items() if r is not None]
-                out["start_s"] = round(float(np.median(start_s)), 1) if start_s else None
-                out["churn_power_retained_after_start"] = round(churn_retained(
-                    rs, from_ready(churn.intervals, {t: r for t, r in ready.items() if r is not None}), solo), 3)
+                ready = {t: at for pc, t in churn.restarts
+                         if (at := next((at for at, key in joins if at > t and key.startswith(f"{pc}/")), None))}
+                out["start_s"] = round(float(np.median([r - t for t, r in ready.items()])), 1) if ready else None
+                out["churn_power_retained_after_start"] = round(
+                    churn_retained(rs, from_ready(churn.intervals, ready), solo), 3)
                 out["rejoin_s"] = round(float(np.median([b for b in back if b is not None])), 1) \
                     if any(b is not None for b in back) else None
             else:
